@@ -1,0 +1,209 @@
+"""The epoch loop, evaluation, devices and seeding: plain PyTorch, no Ray, so it can be tested and profiled alone.
+
+Speed comes from what the seed's DataLoader did per sample: we shuffle the uint8 tensor once per
+epoch with one gather, then slice contiguous batches (views, no collate) and scale to float there.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables.data import PIXEL_SCALE, MnistSplits
+from trainables.errors import ConfigError
+from trainables.models import MODELS, build_model
+
+# Metric names, defined once: the Tune reports, the Parquet columns and the CLI all use these.
+METRIC = "val_acc"
+MODE = "max"
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_s")
+COMPLETED, DIVERGED = "completed", "diverged"
+DEVICES = ("cpu", "cuda", "auto")
+EVAL_BATCH = 4096  # evaluation has no gradients, so large batches only cost memory
+DIVERGENCE_CHECK_EVERY = 100  # steps between finite-loss checks; each check syncs with the device
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One trial's configuration. Defaults are the seed notebook's MLP (784-10-10, lr 0.1, batch 32)."""
+
+    model: str = "mlp"
+    hidden_units: int = 10
+    lr: float = 0.1
+    momentum: float = 0.0
+    batch_size: int = 32
+    epochs: int = 10
+    seed: int = 0
+    device: str = "cpu"
+    num_threads: int | None = None
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        checks = [
+            ("hidden_units", self.hidden_units >= 1, ">= 1"),
+            ("lr", self.lr > 0 and math.isfinite(self.lr), "> 0"),
+            ("momentum", 0 <= self.momentum <= 1, "in [0, 1]"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("num_threads", self.num_threads is None or self.num_threads >= 1, ">= 1"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+
+
+@dataclass
+class TrainResult:
+    status: str  # COMPLETED or DIVERGED
+    history: list[dict] = field(default_factory=list)
+    model: nn.Module | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    """Choose the device once; asking for cuda where there is none is a user error, not a silent fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' needs a CUDA-capable GPU and a CUDA build of torch, got none available")
+    return torch.device(name)
+
+
+def to_tensors(x, y, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images and int64 labels on `device`, moved once (copied, as Ray's arrays are read-only)."""
+    return torch.tensor(x, dtype=torch.uint8, device=device), torch.tensor(y, dtype=torch.int64, device=device)
+
+
+def train_epoch(model, optimizer, x, y, batch_size: int, generator: torch.Generator) -> tuple[float, float]:
+    """One pass over (x, y) in a fresh random order; returns (mean loss, accuracy). NaN loss if it diverged."""
+    model.train()
+    n = len(x)
+    order = torch.randperm(n, generator=generator).to(x.device)
+    xs, ys = x[order], y[order]  # one gather per epoch instead of one per sample
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    for step, i in enumerate(range(0, n, batch_size)):
+        xb = xs[i : i + batch_size].float().mul_(PIXEL_SCALE)
+        yb = ys[i : i + batch_size]
+        out = model(xb)
+        loss = F.cross_entropy(out, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(yb)
+        correct += (out.detach().argmax(1) == yb).sum()
+        if step % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
+            return math.nan, correct.item() / max(i + len(yb), 1)
+    return loss_sum.item() / n, correct.item() / n
+
+
+@torch.no_grad()
+def evaluate(model, x, y, batch_size: int = EVAL_BATCH) -> tuple[float, float]:
+    """(mean loss, accuracy) over (x, y) in large batches, without gradients."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(x), batch_size):
+        out = model(x[i : i + batch_size].float().mul_(PIXEL_SCALE))
+        yb = y[i : i + batch_size]
+        loss_sum += F.cross_entropy(out, yb, reduction="sum").item()
+        correct += (out.argmax(1) == yb).sum().item()
+    return loss_sum / max(len(x), 1), correct / max(len(x), 1)
+
+
+EpochCallback = Callable[[dict, Callable[[], dict]], None]
+
+
+class Trainer:
+    """Holds one trial's model, optimizer, data on its device and RNGs; `fit` runs the epochs."""
+
+    def __init__(self, cfg: TrainConfig, data: MnistSplits, state: dict | None = None):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        torch.manual_seed(cfg.seed)  # model init and dropout
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # shuffling, independent of the model
+        self.model = build_model(cfg.model, cfg.hidden_units).to(self.device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+        self.x_train, self.y_train = to_tensors(data.x_train, data.y_train, self.device)
+        self.x_val, self.y_val = to_tensors(data.x_val, data.y_val, self.device)
+        self.epoch = 0
+        if state is not None:
+            self.load_state_dict(state)
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly where we are: model, optimizer, epoch, RNGs, config."""
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "torch_rng": torch.get_rng_state(),
+            "shuffle_rng": self.generator.get_state(),
+            "config": asdict(self.cfg),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        torch.set_rng_state(state["torch_rng"])
+        self.generator.set_state(state["shuffle_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+    def fit(self, on_epoch: EpochCallback | None = None) -> TrainResult:
+        """Train up to cfg.epochs; after each epoch call on_epoch(metrics, state_fn). Stops early if the loss diverges."""
+        result = TrainResult(COMPLETED, model=self.model)
+        while self.epoch < self.cfg.epochs:
+            start = time.perf_counter()
+            train_loss, train_acc = train_epoch(
+                self.model, self.optimizer, self.x_train, self.y_train, self.cfg.batch_size, self.generator
+            )
+            val_loss, val_acc = evaluate(self.model, self.x_val, self.y_val)
+            self.epoch += 1
+            diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss))
+            metrics = {
+                "epoch": self.epoch,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "epoch_s": time.perf_counter() - start,
+                "diverged": diverged,
+            }
+            result.history.append(metrics)
+            if on_epoch is not None:
+                on_epoch(metrics, self.state_dict)
+            if diverged:
+                result.status = DIVERGED
+                break
+        return result
+
+    def test(self, data: MnistSplits) -> tuple[float, float]:
+        """(test_loss, test_acc): the held-out set, used once per search on the best checkpoint."""
+        return evaluate(self.model, *to_tensors(data.x_test, data.y_test, self.device))
+
+
+def save_model(path, trainer: Trainer, extra: dict | None = None) -> None:
+    """Save state dict + config (+ metrics) with torch.save; read back with load_model."""
+    torch.save({"model": trainer.model.state_dict(), "config": asdict(trainer.cfg), **(extra or {})}, path)
+
+
+def load_model(path, device: str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a saved model; weights_only=True so a model file cannot run code."""
+    blob = torch.load(path, map_location=resolve_device(device), weights_only=True)
+    cfg = blob["config"]
+    model = build_model(cfg["model"], int(cfg["hidden_units"])).to(resolve_device(device))
+    model.load_state_dict(blob["model"])
+    return model, blob
