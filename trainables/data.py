@@ -93,8 +93,11 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),  # arrays pickled with protocol 5
+        ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # array bytes pickled by Python 3 with protocol 2
     }
 
     def find_class(self, module: str, name: str):
@@ -120,6 +123,8 @@ def _read_pickle(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 def _to_uint8(x: np.ndarray, path: Path) -> np.ndarray:
     """Undo the pkl's byte/256 scaling so every format yields the same uint8 pixels."""
     x = np.asarray(x)
+    if x.shape[1:] not in ((784,), (28, 28)):
+        raise DataError(f"{path}: images must have shape (N, 784) or (N, 28, 28), got {x.shape}")
     if x.dtype == np.uint8:
         return x.reshape(-1, 28, 28)
     if x.size and (x.min() < 0 or x.max() >= 1.0 + 1e-6):

@@ -7,6 +7,8 @@ epoch with one gather, then slice contiguous batches (views, no collate) and sca
 from __future__ import annotations
 
 import math
+import numbers
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.data import PIXEL_SCALE, MnistSplits
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, DataError
 from trainables.models import MODELS, build_model
 
 # Metric names, defined once: the Tune reports, the Parquet columns and the CLI all use these.
@@ -27,6 +29,14 @@ COMPLETED, DIVERGED = "completed", "diverged"
 DEVICES = ("cpu", "cuda", "auto")
 EVAL_BATCH = 4096  # evaluation has no gradients, so large batches only cost memory
 DIVERGENCE_CHECK_EVERY = 100  # steps between finite-loss checks; each check syncs with the device
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -46,13 +56,15 @@ class TrainConfig:
     def __post_init__(self):
         if self.model not in MODELS:
             raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
-        checks = [
-            ("hidden_units", self.hidden_units >= 1, ">= 1"),
-            ("lr", self.lr > 0 and math.isfinite(self.lr), "> 0"),
-            ("momentum", 0 <= self.momentum <= 1, "in [0, 1]"),
-            ("batch_size", self.batch_size >= 1, ">= 1"),
-            ("epochs", self.epochs >= 1, ">= 1"),
-            ("num_threads", self.num_threads is None or self.num_threads >= 1, ">= 1"),
+        checks = [  # type first, so a YAML string is a ConfigError rather than a TypeError
+            ("hidden_units", _is_int(self.hidden_units) and self.hidden_units >= 1, "an integer >= 1"),
+            ("lr", _is_real(self.lr) and self.lr > 0 and math.isfinite(self.lr), "a finite number > 0"),
+            ("momentum", _is_real(self.momentum) and 0 <= self.momentum <= 1, "a number in [0, 1]"),
+            ("batch_size", _is_int(self.batch_size) and self.batch_size >= 1, "an integer >= 1"),
+            ("epochs", _is_int(self.epochs) and self.epochs >= 1, "an integer >= 1"),
+            ("seed", _is_int(self.seed), "an integer"),
+            ("num_threads", self.num_threads is None or _is_int(self.num_threads) and self.num_threads >= 1,
+             "None or an integer >= 1"),
         ]
         for name, ok, rule in checks:
             if not ok:
@@ -170,7 +182,7 @@ class Trainer:
             train_loss, train_acc = train_epoch(
                 self.model, self.optimizer, self.x_train, self.y_train, self.cfg.batch_size, self.generator
             )
-            val_loss, val_acc = evaluate(self.model, self.x_val, self.y_val)
+            val_loss, val_acc = self.validate()
             self.epoch += 1
             diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss))
             metrics = {
@@ -190,6 +202,10 @@ class Trainer:
                 break
         return result
 
+    def validate(self) -> tuple[float, float]:
+        """(val_loss, val_acc) on the validation split."""
+        return evaluate(self.model, self.x_val, self.y_val)
+
     def test(self, data: MnistSplits) -> tuple[float, float]:
         """(test_loss, test_acc): the held-out set, used once per search on the best checkpoint."""
         return evaluate(self.model, *to_tensors(data.x_test, data.y_test, self.device))
@@ -202,7 +218,12 @@ def save_model(path, trainer: Trainer, extra: dict | None = None) -> None:
 
 def load_model(path, device: str = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild a saved model; weights_only=True so a model file cannot run code."""
-    blob = torch.load(path, map_location=resolve_device(device), weights_only=True)
+    try:
+        blob = torch.load(path, map_location=resolve_device(device), weights_only=True)
+    except pickle.UnpicklingError:
+        raise DataError(f"{path}: refusing to load, it holds more than tensors and plain values (could run code)") from None
+    except (OSError, RuntimeError) as e:
+        raise DataError(f"{path}: not a readable model file ({e})") from None
     cfg = blob["config"]
     model = build_model(cfg["model"], int(cfg["hidden_units"])).to(resolve_device(device))
     model.load_state_dict(blob["model"])

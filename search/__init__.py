@@ -1,0 +1,1 @@
+"""Everything about the search; imports trainables, never the reverse."""
