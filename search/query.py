@@ -75,7 +75,8 @@ def _tokenize(text: str) -> list[_Token]:
         if m is None:
             if text[i] in "'\"":
                 raise QueryError(f"bad --where at position {i + 1}: unterminated string {text[i:]}")
-            raise QueryError(f"bad --where at position {i + 1}: unexpected character {text[i]!r}")
+            hint = " (compare with ==)" if text[i] == "=" else ""
+            raise QueryError(f"bad --where at position {i + 1}: unexpected character {text[i]!r}{hint}")
         kind = m.lastgroup
         if kind != "space":
             word = m.group()

@@ -73,7 +73,7 @@ def _learning_curves(fig, name: str, model: str, trials: list[dict], curves: dic
                               label=f"best: {best['trial_id']} ({best['best_val_acc']:.4f})"))
     if not curves:
         ax.text(0.5, 0.5, "no epochs reported yet", transform=ax.transAxes, ha="center")
-    ax.legend(handles=handles, loc="lower right", fontsize="small")
+    fig.legend(handles=handles, loc="outside right upper", fontsize="small")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch", ylabel="validation accuracy", title=f"{name}: {len(trials)} {model} trials")
     ax.grid(alpha=0.3)
@@ -82,7 +82,9 @@ def _learning_curves(fig, name: str, model: str, trials: list[dict], curves: dic
 def _best_so_far(fig, name: str, epochs: list[dict]) -> None:
     ax = fig.subplots()
     points = sorted(
-        (e["elapsed_s"], e["val_acc"], e["trial_id"]) for e in epochs if _finite(e["elapsed_s"]) and _finite(e["val_acc"])
+        (e["elapsed_s"], e["val_acc"], e["trial_id"])
+        for e in epochs
+        if _finite(e["elapsed_s"]) and _finite(e["val_acc"])
     )
     minutes = bool(points) and points[-1][0] > 600
     unit, scale = ("min", 60.0) if minutes else ("s", 1.0)
@@ -97,7 +99,7 @@ def _best_so_far(fig, name: str, epochs: list[dict]) -> None:
         top = max(points, key=lambda p: p[1])
         ax.annotate(
             f"{top[1]:.4f} ({top[2]})", (top[0] / scale, top[1]),
-            textcoords="offset points", xytext=(-10, -18), ha="right", fontsize="small",
+            textcoords="offset points", xytext=(0, 8), ha="center", fontsize="small",
         )
         ax.set_ylim(max(0.0, min(best) - 0.05), min(1.0, best[-1] + 0.02))
         ax.legend(loc="lower right", fontsize="small")
@@ -116,7 +118,7 @@ def _hyperparameters(fig, name: str, trials: list[dict]) -> None:
     scored = [t for t in trials if _finite(t["best_val_acc"])]
     best = max(scored, key=lambda t: t["best_val_acc"], default=None)
     for ax, param in zip(axes, ("hidden_units", "lr", "momentum")):
-        for status in sorted({t["status"] for t in scored}, key=lambda s: list(STYLES).index(s) if s in STYLES else 99):
+        for status in [s for s in [*STYLES, None] if any(t["status"] == s for t in scored)]:
             group = [t for t in scored if t["status"] == status and t[param] is not None]
             style = _style(status)
             ax.scatter([t[param] for t in group], [t["best_val_acc"] for t in group],
@@ -130,7 +132,7 @@ def _hyperparameters(fig, name: str, trials: list[dict]) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("best validation accuracy")
     if scored:
-        axes[-1].legend(loc="lower right", fontsize="small")
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize="small")
     fig.suptitle(f"{name}: best validation accuracy by hyperparameter")
 
 
@@ -146,14 +148,13 @@ def write_report(results_dir: str | os.PathLike, name: str) -> list[Path]:
     for e in epochs:
         curves[e["trial_id"]].append((e["epoch"], e["val_acc"] if _finite(e["val_acc"]) else math.nan))
 
-    draw = {
-        "learning_curves.png": (lambda fig: _learning_curves(fig, name, experiment["model"], trials, curves), (9, 5.5)),
-        "best_so_far.png": (lambda fig: _best_so_far(fig, name, epochs), (9, 5)),
-        "hyperparameters.png": (lambda fig: _hyperparameters(fig, name, trials), (13, 4.5)),
-    }
+    plots = [
+        (lambda fig: _learning_curves(fig, name, experiment["model"], trials, curves), (9, 5.5)),
+        (lambda fig: _best_so_far(fig, name, epochs), (9, 5)),
+        (lambda fig: _hyperparameters(fig, name, trials), (13, 4.5)),
+    ]
     paths = []
-    for file_name in PLOTS:
-        plot, size = draw[file_name]
+    for file_name, (plot, size) in zip(PLOTS, plots):
         fig = Figure(figsize=size, layout="constrained")
         FigureCanvasAgg(fig)
         plot(fig)

@@ -35,7 +35,7 @@ examples:
   hpsearch results mlp-1                             its 10 best trials
   hpsearch results --all --where "status == 'stopped_early'" --columns trial_id,asha_rung,asha_cutoff,asha_value
   hpsearch results mlp-1 --table epochs --where "trial_id == 'a1b2c3d4'" --format csv
-  hpsearch results --table experiments --sort -best_val_acc --columns name,model,best_val_acc,test_acc
+  hpsearch results --table experiments --sort=-best_val_acc --columns name,model,best_val_acc,test_acc
 """
 
 
@@ -110,6 +110,8 @@ def run_results(args: argparse.Namespace) -> int:
     sort, top, columns = DEFAULTS[table_name]
     table = read_table(args.results_dir, table_name, args.names or None)
     matched = query(table, args.where, args.sort or sort, None, args.columns or columns)
+    if args.format != "table":
+        top = None  # a program reading CSV or JSON gets every row unless it asks for fewer
     shown = query(matched, top=top if args.top is None else args.top)
     sys.stdout.write(FORMATS[args.format](shown))
     if args.format == "table" and shown.num_rows < matched.num_rows:
@@ -142,11 +144,18 @@ def register(subparsers) -> None:
     )
     p.add_argument("names", nargs="*", metavar="NAME", help="experiments to read (folders under --results-dir)")
     p.add_argument("--all", action="store_true", help="read every experiment under --results-dir")
-    p.add_argument("--results-dir", default="results", help="folder with one sub-folder per experiment (%(default)s)")
+    p.add_argument(
+        "--results-dir", default="results", metavar="DIR", help="folder with one sub-folder per experiment (%(default)s)"
+    )
     p.add_argument("--table", choices=TABLES, help="table to read (default: trials with NAME or --all)")
     p.add_argument("--where", metavar="EXPR", help=WHERE_HELP)
-    p.add_argument("--sort", metavar="COL", help="sort by COL, -COL for descending, comma-separated for several")
-    p.add_argument("--top", type=int, metavar="K", help="keep the first K rows (default: 10 for trials)")
+    p.add_argument(
+        "--sort", metavar="COL", help="sort by COL; --sort=-COL for descending (with '=', so -COL is not read as a "
+        "flag); several comma-separated, e.g. --sort=model,-best_val_acc",
+    )
+    p.add_argument(
+        "--top", type=int, metavar="K", help="keep the first K rows (default: 10 trials as a table, all in CSV and JSON)"
+    )
     p.add_argument("--columns", type=_columns, metavar="A,B,C", help="columns to show, in this order")
     p.add_argument("--format", choices=tuple(FORMATS), default="table", help="output format (%(default)s)")
     p.set_defaults(func=run_results)
@@ -157,5 +166,7 @@ def register(subparsers) -> None:
         description="Write learning_curves.png, best_so_far.png and hyperparameters.png into <results-dir>/NAME/.",
     )
     p.add_argument("name", metavar="NAME", help="experiment to plot")
-    p.add_argument("--results-dir", default="results", help="folder with one sub-folder per experiment (%(default)s)")
+    p.add_argument(
+        "--results-dir", default="results", metavar="DIR", help="folder with one sub-folder per experiment (%(default)s)"
+    )
     p.set_defaults(func=run_report)

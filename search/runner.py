@@ -13,6 +13,8 @@ import json
 import math
 import os
 import platform
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,10 +23,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-# Snapshot Tune's experiment state whenever a trial checkpoints (see CheckpointConfig below) without
-# warning about it: our checkpoints are small, and a snapshot per epoch is what makes resume lossless.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# Tune's older console output: its CLIReporter table is what --verbose 2 shows.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Snapshot Tune's experiment state (trials, searcher) at most a second apart instead of Tune's adaptive
+# >= 10 s: a killed driver then forgets at most the last second of new trials. Epochs need no snapshot:
+# every trial resumes from its newest checkpoint on disk (trainables.tune.newest_state).
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
@@ -39,7 +43,7 @@ from search.spec import ExperimentSpec, load_spec  # noqa: E402
 from trainables.data import MnistSplits, load_mnist  # noqa: E402
 from trainables.train import EPOCH_METRICS, METRIC, MODE, TrainConfig, Trainer, load_model, save_model, to_tensors
 from trainables.train import evaluate as evaluate_model  # noqa: E402
-from trainables.tune import load_checkpoint_state, train_config, trainable  # noqa: E402
+from trainables.tune import CHECKPOINT_METRICS, REPLAYED, load_checkpoint_state, trainable  # noqa: E402
 
 EPOCH_LOG = "epochs.jsonl"  # append-only, fsynced per epoch: the durable record the epochs table is built from
 ASHA_LOG = "asha.json"  # ASHA's stop decisions: rung, cutoff and the trial's value there
@@ -179,22 +183,22 @@ def build_scheduler(spec: ExperimentSpec, experiment_dir: Path):
         return FIFOScheduler()
     return RecordingASHA(
         experiment_dir / ASHA_LOG,
-        time_attr="training_iteration",
+        time_attr="epoch",  # ours: Tune's training_iteration lags when a trial resumes from a newer checkpoint
         max_t=spec.max_epochs,
         grace_period=spec.grace_period,
         reduction_factor=spec.reduction_factor,
     )
 
 
-def settings_of(spec: ExperimentSpec) -> dict:
+def settings_of(spec: ExperimentSpec, experiment_path: str) -> dict:
     """The experiment-wide values every trial needs besides its searched hyperparameters."""
     keys = ("model", "batch_size", "max_epochs", "seed", "cpus_per_trial", "gpus_per_trial")
-    return {k: getattr(spec, k) for k in keys}
+    return {**{k: getattr(spec, k) for k in keys}, "experiment_path": experiment_path}
 
 
-def build_trainable(spec: ExperimentSpec, data: MnistSplits):
+def build_trainable(spec: ExperimentSpec, data: MnistSplits, experiment_path: str):
     # with_parameters puts the arrays into the object store once; every trial maps the same copy.
-    fn = tune.with_parameters(trainable, data=data, settings=settings_of(spec))
+    fn = tune.with_parameters(trainable, data=data, settings=settings_of(spec, experiment_path))
     return tune.with_resources(fn, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
 
 
@@ -213,9 +217,11 @@ def build_tuner(
     spec: ExperimentSpec, data: MnistSplits, tables: TablesCallback, verbose: int, run_name: str,
     storage_path: str | None = None, searcher=None,
 ):
+    storage_path = storage_path or spec.ray_storage_path
     return tune.Tuner(
-        build_trainable(spec, data),
-        param_space={d.name: to_domain(d) for d in build_space(spec)},
+        build_trainable(spec, data, f"{storage_path.rstrip('/')}/{run_name}"),
+        # A restored searcher already holds the space; Tune refuses a second copy.
+        param_space={} if searcher else {d.name: to_domain(d) for d in build_space(spec)},
         tune_config=tune.TuneConfig(
             metric=METRIC,
             mode=MODE,
@@ -226,7 +232,7 @@ def build_tuner(
             time_budget_s=spec.time_budget_s,
             reuse_actors=True,
         ),
-        run_config=run_config(spec, tables, verbose, run_name, storage_path or spec.ray_storage_path),
+        run_config=run_config(spec, tables, verbose, run_name, storage_path),
     )
 
 
@@ -236,12 +242,10 @@ def run_config(
     return tune.RunConfig(
         name=run_name,
         storage_path=storage_path,
-        # num_to_keep=1 by val_acc keeps the best checkpoint; Ray always keeps the latest too (for
-        # resumption), so a trial holds at most two checkpoints whatever its epochs. It also makes Tune
-        # snapshot the experiment state after every checkpoint, so a killed driver loses at most one epoch.
-        checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE
-        ),
+        # Tune keeps every checkpoint and prune_checkpoints() deletes the ones nobody needs: Tune's own
+        # num_to_keep deletes a checkpoint before the experiment snapshot that stops naming it is saved,
+        # so a driver killed in between leaves a state that cannot be resumed.
+        checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         callbacks=[tables],
         # Level 1 is our one-line progress (TablesCallback); level 2 adds Tune's trial table, throttled.
@@ -295,6 +299,9 @@ class TablesCallback(tune.Callback):
         return {**self.__dict__, "trials": [], "_last_refresh": 0.0, "_last_line": ""}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get(REPLAYED):  # already in the log: it was trained (and logged) before the resume
+            self._maybe_refresh(trials)
+            return
         row = {"experiment": self.spec.name, "trial_id": trial.trial_id, "epoch": int(result["epoch"])}
         row.update({k: float(result[k]) for k in EPOCH_METRICS})
         row["elapsed_s"] = time.time() - self.started_at.timestamp()
@@ -318,6 +325,7 @@ class TablesCallback(tune.Callback):
         if force or time.monotonic() - self._last_refresh >= REFRESH_S:
             self._last_refresh = time.monotonic()
             rows = write_tables(self.spec, self.started_at, trials, status="running")
+            prune_checkpoints(trials)
             if self.verbose >= 1:
                 self._progress(rows)
 
@@ -336,17 +344,17 @@ class TablesCallback(tune.Callback):
             self._last_line = line
 
 
-def trial_status(trial, max_epochs: int, decisions: dict) -> str:
-    last = trial.last_result or {}
+def trial_status(trial, history: list[dict], max_epochs: int, decisions: dict) -> str:
+    """completed | stopped_early | diverged | error | running | pending, from Tune's status and our epoch log."""
     if trial.status == "ERROR":
         return "error"
     if trial.status in ("PENDING", "PAUSED"):
         return "pending"
     if trial.status == "RUNNING":
         return "running"
-    if last.get("diverged"):
+    if history and not all(math.isfinite(history[-1][k]) for k in ("train_loss", "val_loss")):
         return "diverged"
-    if trial.trial_id in decisions or last.get("training_iteration", max_epochs) < max_epochs:
+    if len(history) < max_epochs or trial.trial_id in decisions:
         return "stopped_early"
     return "completed"
 
@@ -371,7 +379,7 @@ def trial_rows(spec: ExperimentSpec, trials: list, epochs: list[dict]) -> list[d
         history = by_trial.get(t.trial_id, [])
         best = max(history, key=lambda e: e["val_acc"] if not math.isnan(e["val_acc"]) else -1, default=None)
         last = t.last_result or {}
-        ckpt = t.checkpoint
+        best_ckpt = best_checkpoint(t.path)
         rows.append(
             {
                 "experiment": spec.name,
@@ -381,7 +389,7 @@ def trial_rows(spec: ExperimentSpec, trials: list, epochs: list[dict]) -> list[d
                 "lr": float(t.config["lr"]),
                 "momentum": float(t.config["momentum"]),
                 "batch_size": spec.batch_size,
-                "status": trial_status(t, spec.max_epochs, decisions),
+                "status": trial_status(t, history, spec.max_epochs, decisions),
                 "epochs_run": len(history),
                 "best_val_acc": best["val_acc"] if best else None,
                 "best_epoch": best["epoch"] if best else None,
@@ -391,12 +399,59 @@ def trial_rows(spec: ExperimentSpec, trials: list, epochs: list[dict]) -> list[d
                 "node_id": last.get("node_id"),
                 "cpus": spec.cpus_per_trial,
                 "gpus": spec.gpus_per_trial,
-                "checkpoint_path": ckpt.path if ckpt else None,
+                "checkpoint_path": best_ckpt or (t.checkpoint.path if t.checkpoint else None),
                 "error": _error_of(t),
                 **decisions.get(t.trial_id, {}),
             }
         )
     return rows
+
+
+def checkpoints_of(trial_path: str | None) -> list[tuple[str, int, float]]:
+    """(path, epoch, val_acc) of a trial's checkpoints on local storage, oldest first; [] elsewhere."""
+    if not trial_path or "://" in trial_path:
+        return []
+    found = []
+    for d in sorted(Path(trial_path).glob("checkpoint_*")):
+        m = _read_json(d / CHECKPOINT_METRICS, None)
+        if m is not None:
+            found.append((str(d), m["epoch"], m[METRIC]))
+    return found
+
+
+def best_checkpoint(trial_path: str | None) -> str | None:
+    scored = [c for c in checkpoints_of(trial_path) if not math.isnan(c[2])]
+    return max(scored, key=lambda c: c[2])[0] if scored else None
+
+
+def prune_checkpoints(trials: list) -> None:
+    """Delete checkpoints nobody needs: keep each trial's best, its newest, and any the newest Tune snapshot names.
+
+    Tune's snapshots are JSON with pickled blobs in hex; we only search the decoded bytes for checkpoint
+    folder names, never unpickle them. Local storage only: on s3:// every checkpoint is kept.
+    """
+    paths = [t.path for t in trials if t.path and "://" not in t.path]
+    if not paths:
+        return
+    snapshots = sorted(Path(paths[0]).parent.glob("experiment_state-*.json"))
+    if not snapshots:
+        return
+    try:
+        text = snapshots[-1].read_text()
+        json.loads(text)  # a snapshot still being copied must not decide anything
+    except (OSError, json.JSONDecodeError):
+        return
+    # Trial entries are JSON inside JSON, so their quotes are escaped: match bare hex runs.
+    blobs = [text.encode()] + [bytes.fromhex(h) for h in re.findall(r"[0-9a-f]{64,}", text) if len(h) % 2 == 0]
+    named = {m.decode() for blob in blobs for m in re.findall(rb"[^/\\\x00-\x1f\"']+/checkpoint_\d{6}", blob)}
+    for t in trials:
+        found = checkpoints_of(t.path)
+        if len(found) <= 2:
+            continue
+        keep = {found[-1][0], best_checkpoint(t.path)}
+        for path, _, _ in found:
+            if path not in keep and f"{Path(path).parent.name}/{Path(path).name}" not in named:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _read_json(path: Path, default):
@@ -438,7 +493,7 @@ def write_tables(
 ) -> list[dict]:
     """Rewrite experiment, trials and epochs tables (atomically) from the epoch log and Ray's trials."""
     epochs = read_epoch_log(spec.experiment_dir)
-    rows = merge_previous(spec, trial_rows(spec, trials, epochs))
+    rows = merge_previous(spec, trial_rows(spec, trials, epochs), trials)
     known = {r["trial_id"] for r in rows}
     results.write_epochs(spec.experiment_dir, [e for e in epochs if e["trial_id"] in known])
     results.write_trials(spec.experiment_dir, rows)
@@ -467,14 +522,22 @@ def write_tables(
     return rows
 
 
-def merge_previous(spec: ExperimentSpec, rows: list[dict]) -> list[dict]:
-    """Keep the rows of trials from earlier runs of this experiment (an extended search) that Ray no longer lists."""
-    path = spec.experiment_dir / "trials.parquet"
-    if not path.exists():
+def merge_previous(spec: ExperimentSpec, rows: list[dict], trials: list) -> list[dict]:
+    """Add the rows of trials from earlier Ray runs of this experiment (before an extension).
+
+    A trial of the current run that Tune's restored state does not list (started after its last
+    snapshot, then lost with the driver) is dropped: Tune has replaced it with a new trial.
+    """
+    if not (spec.experiment_dir / "trials.parquet").exists():
         return rows
     current = {r["trial_id"] for r in rows}
+    runs = {Path(t.path).parent for t in trials if t.path and "://" not in t.path}
     previous = results.read_table(spec.results_dir, "trials", [spec.name]).to_pylist()
-    return [r for r in previous if r["trial_id"] not in current] + rows
+    earlier = [
+        r for r in previous
+        if r["trial_id"] not in current and not any(any(run.glob(f"*_{r['trial_id']}_*")) for run in runs)
+    ]
+    return earlier + rows
 
 
 # --- after the search ----------------------------------------------------------------------------
@@ -486,17 +549,20 @@ def pick_best(rows: list[dict]) -> dict | None:
     return max(scored, key=lambda r: r["best_val_acc"], default=None)
 
 
-def evaluate_best(spec: ExperimentSpec, grid, trial_id: str, data: MnistSplits) -> tuple[float, float] | None:
-    """Load that trial's best checkpoint, evaluate it once on the test set, and save it under best/."""
-    result = next((r for r in grid if (r.metrics or {}).get("trial_id") == trial_id), None)
-    checkpoint = result.get_best_checkpoint(METRIC, MODE) if result else None
+def evaluate_best(spec: ExperimentSpec, grid, best: dict, data: MnistSplits) -> tuple[float, float] | None:
+    """Load the best trial's best checkpoint, evaluate it once on the test set, and save it under best/."""
+    if best["checkpoint_path"] and Path(best["checkpoint_path"]).is_dir():  # local storage: our best_checkpoint
+        checkpoint = tune.Checkpoint(best["checkpoint_path"])
+    else:
+        result = next((r for r in grid if (r.metrics or {}).get("trial_id") == best["trial_id"]), None)
+        checkpoint = result.get_best_checkpoint(METRIC, MODE) if result and result.best_checkpoints else None
     if checkpoint is None:
         return None
     state = load_checkpoint_state(checkpoint)
     cfg = TrainConfig(**{**state["config"], "device": "auto", "num_threads": None})
     trainer = Trainer(cfg, data, state=state)
     test = trainer.test(data)
-    save_best(spec, trainer, trial_id, test)
+    save_best(spec, trainer, best["trial_id"], test)
     return test
 
 
@@ -530,7 +596,8 @@ def previous_row(spec: ExperimentSpec) -> dict:
 def finish(spec, started_at, grid, trials, data, interrupted: bool) -> Summary:
     """Test-evaluate the best checkpoint (unless interrupted), write the final tables, summarise."""
     ended = datetime.now(timezone.utc)
-    rows = merge_previous(spec, trial_rows(spec, trials, read_epoch_log(spec.experiment_dir)))
+    prune_checkpoints(trials)  # Tune saved its final snapshot when fit() returned
+    rows = merge_previous(spec, trial_rows(spec, trials, read_epoch_log(spec.experiment_dir)), trials)
     best = pick_best(rows)
     previous = previous_row(spec)
     test = None
@@ -538,7 +605,7 @@ def finish(spec, started_at, grid, trials, data, interrupted: bool) -> Summary:
         if previous.get("best_trial_id") == best["trial_id"] and previous.get("test_acc") is not None:
             test = (previous["test_loss"], previous["test_acc"])  # an extension found nothing better
         else:
-            test = evaluate_best(spec, grid, best["trial_id"], data)
+            test = evaluate_best(spec, grid, best, data)
     status = "interrupted" if interrupted else "finished"
     write_tables(spec, started_at, trials, status, best=best, test=test, ended_at=ended)
     return Summary(
@@ -553,12 +620,12 @@ def finish(spec, started_at, grid, trials, data, interrupted: bool) -> Summary:
     )
 
 
-def was_interrupted(spec: ExperimentSpec, trials: list, elapsed_s: float) -> bool:
+def was_interrupted(spec: ExperimentSpec, trials: list, expected: int, elapsed_s: float) -> bool:
     """Tune returns normally after Ctrl-C; an unfinished trial, or too few trials without a spent budget, says so."""
     if any(t.status not in ("TERMINATED", "ERROR") for t in trials):
         return True
     budget_spent = spec.time_budget_s is not None and elapsed_s >= spec.time_budget_s
-    return len(trials) < spec.num_samples and not budget_spent
+    return len(trials) < expected and not budget_spent
 
 
 # --- entry points ------------------------------------------------------------------------------
@@ -569,7 +636,7 @@ def _started_at(spec: ExperimentSpec) -> datetime:
     return previous_row(spec).get("started_at") or datetime.now(timezone.utc)
 
 
-def _execute(spec: ExperimentSpec, make_tuner, verbose: int) -> Summary:
+def _execute(spec: ExperimentSpec, make_tuner, verbose: int, expected: int | None = None) -> Summary:
     """Connect, run the tuner from make_tuner(data, tables), finish; record a crash as failed, Ctrl-C as interrupted."""
     started_here = connect(spec, verbose)
     started_at = _started_at(spec)
@@ -581,7 +648,8 @@ def _execute(spec: ExperimentSpec, make_tuner, verbose: int) -> Summary:
         grid = make_tuner(data.subset(spec.subset), tables).fit()
         # ResultGrid hands out Results; the Trials behind them carry status, config and checkpoints.
         trials = grid._experiment_analysis.trials
-        return finish(spec, started_at, grid, trials, data, was_interrupted(spec, trials, time.monotonic() - t0))
+        interrupted = was_interrupted(spec, trials, expected or spec.num_samples, time.monotonic() - t0)
+        return finish(spec, started_at, grid, trials, data, interrupted)
     except BaseException as e:
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         write_tables(spec, started_at, tables.trials, status)
@@ -624,7 +692,10 @@ def resume(name: str, results_dir: str = "results", num_samples: int | None = No
     if num_samples is not None:
         if status != "finished":
             raise SpecError(f"--num-samples extends a finished search; {name!r} is {status}: resume it first")
-        return _execute(spec, lambda data, tables: build_extension(spec, data, tables, num_samples, verbose), verbose)
+        extended = replace(spec, num_samples=spec.num_samples + num_samples)
+        extended.save(extended.experiment_dir)
+        extend = lambda data, tables: build_extension(spec, data, tables, num_samples, verbose)  # noqa: E731
+        return _execute(extended, extend, verbose, expected=num_samples)
     path = ray_experiment_path(spec)
     if not tune.Tuner.can_restore(path):
         raise ExperimentNotFound(f"experiment {name!r} has no Ray state at {path} to resume from")
@@ -632,7 +703,7 @@ def resume(name: str, results_dir: str = "results", num_samples: int | None = No
     def restore(data, tables):
         # The restored Tuner brings its own searcher, scheduler and TablesCallback from Ray's saved state.
         return tune.Tuner.restore(
-            path, trainable=build_trainable(spec, data), resume_unfinished=True, resume_errored=True
+            path, trainable=build_trainable(spec, data, path), resume_unfinished=True, resume_errored=True
         )
 
     return _execute(spec, restore, verbose)
@@ -645,12 +716,15 @@ def build_extension(spec: ExperimentSpec, data: MnistSplits, tables: TablesCallb
     its own, nested in ours; HyperOptSearch is restored from the finished run's searcher state, so TPE
     already knows every evaluated configuration and its val_acc.
     """
-    runs = sorted(p.name for p in spec.experiment_dir.glob("extend-*"))
-    run_name = f"extend-{len(runs) + 1}"
-    ext = replace(spec, num_samples=more)
-    searcher = build_searcher(ext)
-    searcher.restore_from_dir(ray_experiment_path(spec))
-    return build_tuner(ext, data, tables, verbose, run_name, storage_path=str(spec.experiment_dir), searcher=searcher)
+    n = len(list(spec.experiment_dir.glob("extend-*"))) + 1
+    # A random search has nothing to learn, but must not redraw the configurations it already tried.
+    ext = replace(spec, num_samples=more, seed=spec.seed if spec.search_alg == "hyperopt" else spec.seed + n)
+    searcher = None
+    if spec.search_alg == "hyperopt":
+        searcher = build_searcher(ext)
+        searcher.restore_from_dir(ray_experiment_path(spec))
+    storage = str(spec.experiment_dir)
+    return build_tuner(ext, data, tables, verbose, f"extend-{n}", storage_path=storage, searcher=searcher)
 
 
 def evaluate(name: str, results_dir: str = "results", device: str = "auto") -> tuple[float, float]:

@@ -1,29 +1,51 @@
 """The Ray Tune trainable: a thin shell around trainables.train.
 
-Config in (the searched hyperparameters), per-epoch `tune.report` with a checkpoint out. On a
-retry or a resumed search it continues from `tune.get_checkpoint()`, so no finished epoch reruns.
+Config in (the searched hyperparameters), per-epoch `tune.report` with a checkpoint out. On a retry
+or a resumed search it continues from the newest checkpoint of its trial: `tune.get_checkpoint()`,
+or a newer one in the trial's folder when Tune's saved state lags behind (a driver killed between
+two state snapshots), so no finished epoch is trained again.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import os
 import socket
 import tempfile
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import ray
 import torch
 from ray import tune
 
 from trainables.data import MnistSplits
-from trainables.train import TrainConfig, Trainer
+from trainables.train import METRIC, TrainConfig, Trainer
 
 CHECKPOINT_FILE = "state.pt"
+CHECKPOINT_METRICS = "metrics.json"  # epoch and val_acc, so checkpoints can be pruned without loading them
+REPLAYED = "replayed"  # marks a result re-sent for an epoch trained before a resume
 
 
 def load_checkpoint_state(checkpoint: tune.Checkpoint, device: str = "cpu") -> dict:
     """The Trainer state saved in a checkpoint; weights_only so a checkpoint cannot run code."""
     with checkpoint.as_directory() as d:
         return torch.load(Path(d) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+
+
+def newest_state(trial_path: str) -> dict | None:
+    """The newest readable Trainer state among the trial's checkpoint_* folders (local or remote storage)."""
+    fs, root = pafs.FileSystem.from_uri(trial_path) if "://" in trial_path else (pafs.LocalFileSystem(), trial_path)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    folders = sorted(i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
+    for folder in reversed(folders):
+        try:
+            with fs.open_input_file(f"{folder}/{CHECKPOINT_FILE}") as f:
+                return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError):  # a checkpoint cut short by a crash: try the one before
+            continue
+    return None
 
 
 def train_config(config: dict, settings: dict) -> TrainConfig:
@@ -44,18 +66,26 @@ def train_config(config: dict, settings: dict) -> TrainConfig:
 def trainable(config: dict, data: MnistSplits, settings: dict) -> None:
     """Train one configuration, reporting every epoch's metrics with a checkpoint (model, optimizer, epoch, RNG)."""
     cfg = train_config(config, settings)
-    checkpoint = tune.get_checkpoint()
-    state = load_checkpoint_state(checkpoint) if checkpoint else None
-    trainer = Trainer(cfg, data, state=state)
+    trial_path = f"{settings['experiment_path']}/{os.path.basename(tune.get_context().get_trial_dir())}"
+    candidates = [newest_state(trial_path)]
+    if checkpoint := tune.get_checkpoint():
+        candidates.append(load_checkpoint_state(checkpoint))
+    state = max((s for s in candidates if s), key=lambda s: s["epoch"], default=None)
     where = {
         "node": ray.util.get_node_ip_address(),
         "hostname": socket.gethostname(),
         "node_id": ray.get_runtime_context().get_node_id(),
     }
+    if state and (state["epoch"] >= cfg.epochs or state["metrics"]["diverged"]):
+        # It had finished before the driver died; Tune still needs a final result, but nothing is trained.
+        tune.report({**state["metrics"], **where, REPLAYED: True})
+        return
+    trainer = Trainer(cfg, data, state=state)
 
     def report(metrics: dict, state_fn) -> None:
         with tempfile.TemporaryDirectory() as d:
-            torch.save(state_fn(), Path(d) / CHECKPOINT_FILE)
+            torch.save({**state_fn(), "metrics": metrics}, Path(d) / CHECKPOINT_FILE)
+            (Path(d) / CHECKPOINT_METRICS).write_text(json.dumps({"epoch": metrics["epoch"], METRIC: metrics[METRIC]}))
             tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(d))
 
     trainer.fit(report)

@@ -93,7 +93,7 @@ def test_booleans_and_timestamps(tables):
         ("started_at > 'yesterday'", "column 'started_at' is timestamp[us, tz=UTC], got string 'yesterday'"),
         ("lr >", "bad --where at position 5: expected a value (number, quoted string, true, false or null), "
                 "got end of input"),
-        ("lr = 0.1", "bad --where at position 4: unexpected character '='"),
+        ("lr = 0.1", "bad --where at position 4: unexpected character '=' (compare with ==)"),
         ("lr 0.1", "bad --where at position 4: expected an operator (==, !=, <, <=, >, >=, in, not in), got '0.1'"),
         ("(lr > 0.1", "bad --where at position 10: expected ')', got end of input"),
         ("lr > 0.1)", "bad --where at position 9: expected 'and', 'or' or end of input, got ')'"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +25,7 @@ def test_report_writes_three_pngs(tmp_path, capsys, name):
     printed = capsys.readouterr().out.splitlines()
     assert printed == [str(root / name / p) for p in PLOTS]
     for path in printed:
-        data = open(path, "rb").read()
+        data = Path(path).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000
 
 

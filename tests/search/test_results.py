@@ -191,20 +191,19 @@ def test_writer_killed_mid_write_leaves_old_file_readable(tmp_path):
     exp_dir = tmp_path / "results" / "x"
     results.write_experiment(exp_dir, _experiment("x", "mlp", "running", T0))
     results.write_trials(exp_dir, [{"experiment": "x", "trial_id": "old", "model": "mlp", "status": "completed"}])
-    child = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", KILLED_WRITER, str(exp_dir), "600"],
         cwd=REPO, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    try:
-        assert child.stdout.readline() == b"writing\n"
-        deadline = time.monotonic() + 60
-        while not any(exp_dir.glob(".trials.parquet.tmp*")):  # the temp file exists only while writing
-            assert child.poll() is None and time.monotonic() < deadline, "child finished before it could be killed"
-            time.sleep(0.005)
-        time.sleep(0.05)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+    ) as child:
+        try:
+            assert child.stdout.readline() == b"writing\n"
+            deadline = time.monotonic() + 60
+            while not any(exp_dir.glob(".trials.parquet.tmp*")):  # the temp file exists only while writing
+                assert child.poll() is None and time.monotonic() < deadline, "child finished before it was killed"
+                time.sleep(0.005)
+            time.sleep(0.05)
+        finally:
+            child.send_signal(signal.SIGKILL)
     assert child.returncode == -signal.SIGKILL
     leftovers = list(exp_dir.glob(".trials.parquet.tmp*"))
     assert leftovers, "the kill must land while the temp file is open"
@@ -318,6 +317,15 @@ def test_cli_all_top_cuts_and_says_so(results_dir, capsys):
     assert lines[-1] == "(2 of 8 rows; --top N shows more)"
 
 
+def test_cli_sort_descending_and_several_keys(results_dir, capsys):
+    run_cli(["results", "--all", "--sort=-lr", "--columns", "trial_id", "--top", "2", "--format", "csv",
+             "--results-dir", str(results_dir)])
+    assert capsys.readouterr().out.split() == ['"trial_id"', '"mlp_4"', '"mlp_1"']
+    run_cli(["results", "--all", "--sort=model,-hidden_units", "--columns", "trial_id", "--top", "2", "--format",
+             "csv", "--results-dir", str(results_dir)])
+    assert capsys.readouterr().out.split() == ['"trial_id"', '"cnn_1"', '"cnn_3"']
+
+
 def test_cli_table_cells_are_one_short_line(results_dir, capsys):
     run_cli(["results", "mlp-demo", "--where", "status == 'error'", "--columns", "trial_id,error",
              "--results-dir", str(results_dir)])
@@ -325,8 +333,8 @@ def test_cli_table_cells_are_one_short_line(results_dir, capsys):
 
 
 def test_cli_csv_parses(results_dir, capsys):
-    run_cli(["results", "--all", "--table", "trials", "--sort", "trial_id", "--top", "100", "--format", "csv",
-             "--results-dir", str(results_dir)])
+    run_cli(["results", "--all", "--table", "trials", "--sort", "trial_id", "--format", "csv",
+             "--results-dir", str(results_dir)])  # no --top: CSV and JSON get every row
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [r["trial_id"] for r in rows] == sorted(t[0] for t in MLP_TRIALS + CNN_TRIALS)
     assert list(rows[0]) == ["trial_id", "experiment", "hidden_units", "lr", "momentum", "status", "epochs_run",

@@ -1,0 +1,153 @@
+"""Faults on a real Ray: a driver killed with SIGKILL or stopped with SIGINT, then `hpsearch resume`; extensions.
+
+Each driver runs in its own session (start_new_session), so every Ray process it starts shares its
+session id: after a SIGKILL the test kills exactly those, and after a clean exit it checks none is left.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from search import results
+
+pytestmark = pytest.mark.ray
+
+RUN = ["--subset", "12000", "--max-epochs", "3", "--num-samples", "5", "--max-concurrent", "1", "--seed", "4"]
+
+
+def hpsearch(*argv: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "search.cli", *argv],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
+def session_pids(sid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
+    return [int(p) for p, s in (line.split() for line in out.splitlines()) if int(s) == sid and int(p) != sid]
+
+
+def kill_session(sid: int) -> None:
+    for pid in session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def assert_no_ray_left(sid: int) -> None:
+    deadline = time.monotonic() + 20
+    while session_pids(sid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not session_pids(sid), "Ray processes outlived the CLI"
+
+
+def finished_trials(experiment_dir: Path) -> set[str]:
+    try:
+        rows = results.read_table(str(experiment_dir.parent), "trials", [experiment_dir.name]).to_pylist()
+    except Exception:  # not written yet
+        return set()
+    return {r["trial_id"] for r in rows if r["status"] in ("completed", "stopped_early", "diverged")}
+
+
+def epoch_log(experiment_dir: Path) -> Counter:
+    path = experiment_dir / "epochs.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return Counter((r["trial_id"], r["epoch"]) for r in map(json.loads, lines))
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            pytest.fail(f"driver exited early ({proc.returncode}):\n{proc.stdout.read()}")
+        if time.monotonic() > deadline:
+            pytest.fail("timed out waiting for the search to make progress")
+        time.sleep(0.2)
+
+
+def resume_and_check(tmp_path: Path, name: str, done_before: set[str], log_before: Counter) -> None:
+    proc = hpsearch("resume", name, "--results-dir", str(tmp_path), "--verbose", "0")
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out
+    assert_no_ray_left(proc.pid)
+    experiment_dir = tmp_path / name
+    experiment = results.read_table(str(tmp_path), "experiments", [name]).to_pylist()[0]
+    assert experiment["status"] == "finished" and experiment["test_acc"] > 0.8
+    trials = results.read_table(str(tmp_path), "trials", [name]).to_pylist()
+    assert len(trials) == 5 and all(t["status"] != "error" for t in trials)
+    log_after = epoch_log(experiment_dir)
+    for trial_id in done_before:  # a finished trial never trains again
+        assert {k: v for k, v in log_after.items() if k[0] == trial_id} == {
+            k: v for k, v in log_before.items() if k[0] == trial_id
+        }
+    retrained = Counter(trial for (trial, _), n in log_after.items() if n > 1)
+    assert all(n <= 1 for n in retrained.values()), retrained  # at most the epoch in flight
+    epochs = results.read_table(str(tmp_path), "epochs", [name]).to_pylist()
+    for t in trials:
+        got = sorted(e["epoch"] for e in epochs if e["trial_id"] == t["trial_id"])
+        assert got == list(range(1, t["epochs_run"] + 1)), (t["trial_id"], got)
+
+
+def test_sigkill_then_resume(tmp_path):
+    name = "killed"
+    proc = hpsearch("run", *RUN, "--name", name, "--results-dir", str(tmp_path), "--verbose", "0")
+    try:
+        wait_for(lambda: len(finished_trials(tmp_path / name)) >= 2, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        kill_session(proc.pid)
+    done_before = finished_trials(tmp_path / name)
+    assert len(done_before) < 5, "the search finished before it could be killed"
+    resume_and_check(tmp_path, name, done_before, epoch_log(tmp_path / name))
+
+
+def test_sigint_marks_interrupted_then_resume(tmp_path):
+    name = "interrupted"
+    proc = hpsearch("run", *RUN, "--name", name, "--results-dir", str(tmp_path), "--verbose", "0")
+    try:
+        wait_for(lambda: len(finished_trials(tmp_path / name)) >= 2, proc)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        kill_session(proc.pid)
+    assert proc.returncode == 130, out
+    assert_no_ray_left(proc.pid)
+    experiment = results.read_table(str(tmp_path), "experiments", [name]).to_pylist()[0]
+    assert experiment["status"] == "interrupted"
+    done_before = finished_trials(tmp_path / name)
+    assert len(done_before) < 5
+    resume_and_check(tmp_path, name, done_before, epoch_log(tmp_path / name))
+
+
+def test_extending_a_finished_search(tmp_path):
+    name = "extended"
+    base = ["--subset", "2000", "--max-epochs", "2", "--num-samples", "3", "--results-dir", str(tmp_path)]
+    first = hpsearch("run", *base, "--name", name, "--verbose", "0")
+    out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, out
+    before = results.read_table(str(tmp_path), "trials", [name]).to_pylist()
+    extend = hpsearch("resume", name, "--num-samples", "2", "--results-dir", str(tmp_path), "--verbose", "0")
+    out, _ = extend.communicate(timeout=300)
+    assert extend.returncode == 0, out
+    assert_no_ray_left(extend.pid)
+    after = results.read_table(str(tmp_path), "trials", [name]).to_pylist()
+    assert len(after) == 5
+    assert {t["trial_id"] for t in before} < {t["trial_id"] for t in after}
+    unchanged = {t["trial_id"]: t["best_val_acc"] for t in after}
+    assert all(unchanged[t["trial_id"]] == t["best_val_acc"] for t in before)
+    experiment = results.read_table(str(tmp_path), "experiments", [name]).to_pylist()[0]
+    assert experiment["status"] == "finished" and experiment["trials"] == 5
+    assert experiment["best_val_acc"] == max(t["best_val_acc"] for t in after)
