@@ -18,6 +18,7 @@ from trainables.models import DEFAULT_HIDDEN_UNITS, MODELS
 from trainables.train import DEVICES, TrainConfig
 
 EXIT_INTERRUPTED = 130
+EXIT_NO_RESULT = 1
 
 TRAIN_HELP = {
     "model": "network to train",
@@ -123,8 +124,11 @@ def cmd_resume(args) -> int:
 
 
 def _report(summary) -> int:
+    """Print the summary; non-zero when interrupted or when no trial produced a result."""
     print("\n".join(summary.lines()))
-    return EXIT_INTERRUPTED if summary.status == "interrupted" else 0
+    if summary.status == "interrupted":
+        return EXIT_INTERRUPTED
+    return 0 if summary.best else EXIT_NO_RESULT
 
 
 def cmd_evaluate(args) -> int:

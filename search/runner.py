@@ -100,12 +100,39 @@ def connect(spec: ExperimentSpec, verbose: int) -> bool:
         # /tmp/ray/ray_current_cluster names, stale or not.
         ray.init(address="local", include_dashboard=False, **quiet)
         return True
+    probe(spec.address)
     try:
         ray.init(address=spec.address, **quiet)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
+        cause = f"{e} {e.__cause__ or ''}"
+        hint = "; set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN as on the cluster's nodes" if "uthentication" in cause else ""
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ClusterError(f"cannot connect to the Ray cluster at address {spec.address!r}: {first}") from None
+        raise ClusterError(f"cannot connect to the Ray cluster at address {spec.address!r}: {first}{hint}") from None
     return False
+
+
+def probe(address: str, timeout_s: float = 3.0) -> None:
+    """Fail in seconds, not Ray's ~14 minutes of retries, when nothing listens at the address."""
+    target = address
+    if address == "auto":
+        from ray._private.utils import read_ray_address  # the file `ray start` writes
+
+        target = os.environ.get("RAY_ADDRESS") or read_ray_address()
+        if not target:
+            raise ClusterError("--address auto found no running Ray cluster on this machine (start one with `ray start --head`)")
+    if target.startswith("ray://"):
+        try:
+            import ray.util.client.ray_client_helpers  # noqa: F401  (needs grpcio, from ray[client])
+        except ImportError:
+            raise ClusterError(f"address {address!r} needs Ray Client: pip install 'ray[client]'") from None
+        target = target.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ClusterError(f"cannot reach the Ray cluster at {target} (from --address {address}): {e.strerror or e}") from None
 
 
 def check_resources(spec: ExperimentSpec) -> None:
@@ -636,24 +663,26 @@ def _started_at(spec: ExperimentSpec) -> datetime:
     return previous_row(spec).get("started_at") or datetime.now(timezone.utc)
 
 
-def _execute(spec: ExperimentSpec, make_tuner, verbose: int, expected: int | None = None) -> Summary:
-    """Connect, run the tuner from make_tuner(data, tables), finish; record a crash as failed, Ctrl-C as interrupted."""
+def _execute(spec: ExperimentSpec, make_tuner, verbose: int, expected: int | None = None, prepare=None) -> Summary:
+    """Connect, check resources, prepare(), run make_tuner(data, tables), finish; record a crash or Ctrl-C."""
     started_here = connect(spec, verbose)
-    started_at = _started_at(spec)
-    tables = TablesCallback(spec, started_at, verbose)
     try:
         check_resources(spec)
-        data = load_mnist(spec.data_dir)
-        t0 = time.monotonic()
-        grid = make_tuner(data.subset(spec.subset), tables).fit()
-        # ResultGrid hands out Results; the Trials behind them carry status, config and checkpoints.
-        trials = grid._experiment_analysis.trials
-        interrupted = was_interrupted(spec, trials, expected or spec.num_samples, time.monotonic() - t0)
-        return finish(spec, started_at, grid, trials, data, interrupted)
-    except BaseException as e:
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        write_tables(spec, started_at, tables.trials, status)
-        raise
+        if prepare is not None:
+            prepare()
+        started_at = _started_at(spec)
+        tables = TablesCallback(spec, started_at, verbose)
+        try:
+            data = load_mnist(spec.data_dir)
+            t0 = time.monotonic()
+            grid = make_tuner(data.subset(spec.subset), tables).fit()
+            # ResultGrid hands out Results; the Trials behind them carry status, config and checkpoints.
+            trials = grid._experiment_analysis.trials
+            interrupted = was_interrupted(spec, trials, expected or spec.num_samples, time.monotonic() - t0)
+            return finish(spec, started_at, grid, trials, data, interrupted)
+        except BaseException as e:
+            write_tables(spec, started_at, tables.trials, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
+            raise
     finally:
         if started_here:
             ray.shutdown()
@@ -666,8 +695,8 @@ def run(spec: ExperimentSpec, verbose: int = 1) -> Summary:
             f"experiment {spec.name!r} already exists in {spec.results_dir}; "
             f"use `hpsearch resume {spec.name}` or choose another --name"
         )
-    spec.save(spec.experiment_dir)
-    return _execute(spec, lambda data, tables: build_tuner(spec, data, tables, verbose, spec.name), verbose)
+    build = lambda data, tables: build_tuner(spec, data, tables, verbose, spec.name)  # noqa: E731
+    return _execute(spec, build, verbose, prepare=lambda: spec.save(spec.experiment_dir))
 
 
 def ray_experiment_path(spec: ExperimentSpec) -> str:
@@ -693,9 +722,8 @@ def resume(name: str, results_dir: str = "results", num_samples: int | None = No
         if status != "finished":
             raise SpecError(f"--num-samples extends a finished search; {name!r} is {status}: resume it first")
         extended = replace(spec, num_samples=spec.num_samples + num_samples)
-        extended.save(extended.experiment_dir)
         extend = lambda data, tables: build_extension(spec, data, tables, num_samples, verbose)  # noqa: E731
-        return _execute(extended, extend, verbose, expected=num_samples)
+        return _execute(extended, extend, verbose, expected=num_samples, prepare=lambda: extended.save(extended.experiment_dir))
     path = ray_experiment_path(spec)
     if not tune.Tuner.can_restore(path):
         raise ExperimentNotFound(f"experiment {name!r} has no Ray state at {path} to resume from")

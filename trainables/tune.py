@@ -66,6 +66,13 @@ def train_config(config: dict, settings: dict) -> TrainConfig:
 def trainable(config: dict, data: MnistSplits, settings: dict) -> None:
     """Train one configuration, reporting every epoch's metrics with a checkpoint (model, optimizer, epoch, RNG)."""
     cfg = train_config(config, settings)
+    node_id = ray.get_runtime_context().get_node_id()
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        # Ray placed us on a GPU share, but this node's torch cannot use it: say where, instead of hanging.
+        raise RuntimeError(
+            f"trial got a GPU share on node {node_id} ({ray.util.get_node_ip_address()}), "
+            f"but CUDA is not usable there (torch {torch.__version__}, cuda available: False)"
+        )
     trial_path = f"{settings['experiment_path']}/{os.path.basename(tune.get_context().get_trial_dir())}"
     candidates = [newest_state(trial_path)]
     if checkpoint := tune.get_checkpoint():
@@ -74,7 +81,7 @@ def trainable(config: dict, data: MnistSplits, settings: dict) -> None:
     where = {
         "node": ray.util.get_node_ip_address(),
         "hostname": socket.gethostname(),
-        "node_id": ray.get_runtime_context().get_node_id(),
+        "node_id": node_id,
     }
     if state and (state["epoch"] >= cfg.epochs or state["metrics"]["diverged"]):
         # It had finished before the driver died; Tune still needs a final result, but nothing is trained.
