@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -121,10 +122,8 @@ def probe(address: str, timeout_s: float = 3.0) -> None:
         if not target:
             raise ClusterError("--address auto found no running Ray cluster on this machine (start one with `ray start --head`)")
     if target.startswith("ray://"):
-        try:
-            import ray.util.client.ray_client_helpers  # noqa: F401  (needs grpcio, from ray[client])
-        except ImportError:
-            raise ClusterError(f"address {address!r} needs Ray Client: pip install 'ray[client]'") from None
+        if importlib.util.find_spec("grpc") is None:  # Ray Client's transport, from ray[client]
+            raise ClusterError(f"address {address!r} needs Ray Client: pip install 'ray[client]'")
         target = target.removeprefix("ray://")
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
