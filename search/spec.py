@@ -114,45 +114,29 @@ def validate(s: ExperimentSpec) -> None:
         _rule(ok, f"{name} must be {expected.__name__}, got {value!r}")
         if "choices" in f.metadata:
             _rule(value in f.metadata["choices"], f"{name} must be one of {', '.join(f.metadata['choices'])}, got {value!r}")
-    _rule(s.num_samples >= 1, f"num_samples must be >= 1, got {s.num_samples}")
-    _rule(s.max_epochs >= 1, f"max_epochs must be >= 1, got {s.max_epochs}")
-    _rule(s.grace_period >= 1, f"grace_period must be >= 1, got {s.grace_period}")
-    _rule(
-        s.grace_period <= s.max_epochs,
-        f"grace_period must be <= max_epochs, got {s.grace_period} > {s.max_epochs}",
-    )
-    _rule(s.reduction_factor > 1, f"reduction_factor must be > 1, got {s.reduction_factor}")
-    _rule(s.batch_size >= 1, f"batch_size must be >= 1, got {s.batch_size}")
-    _rule(s.hidden_units_min >= 1, f"hidden_units_min must be >= 1, got {s.hidden_units_min}")
-    _rule(s.hidden_units_step >= 1, f"hidden_units_step must be >= 1, got {s.hidden_units_step}")
-    _rule(
-        s.hidden_units_min <= s.hidden_units_max,
-        f"hidden_units_min must be <= hidden_units_max, got {s.hidden_units_min} > {s.hidden_units_max}",
-    )
-    _rule(s.lr_min > 0, f"lr_min must be > 0 (log-uniform), got {s.lr_min}")
-    _rule(s.lr_max > 0, f"lr_max must be > 0 (log-uniform), got {s.lr_max}")
-    _rule(s.lr_min < s.lr_max, f"lr_min must be < lr_max, got {s.lr_min} >= {s.lr_max}")
+    lower_bounds = {
+        "num_samples": 1, "max_epochs": 1, "grace_period": 1, "batch_size": 1, "hidden_units_min": 1,
+        "hidden_units_step": 1, "max_failures": 0, "max_concurrent": 1, "subset": 1, "n_initial_points": 1,
+        "gpus_per_trial": 0,
+    }
+    for name, low in lower_bounds.items():
+        value = getattr(s, name)
+        _rule(value is None or value >= low, f"{name} must be >= {low}, got {value}")
+    strictly_above = {"reduction_factor": 1, "lr_min": 0, "lr_max": 0, "cpus_per_trial": 0, "time_budget_s": 0}
+    for name, low in strictly_above.items():
+        value = getattr(s, name)
+        _rule(value is None or value > low, f"{name} must be > {low}, got {value}")
     for name in ("momentum_min", "momentum_max"):
         _rule(0 <= getattr(s, name) <= 1, f"{name} must be in [0, 1], got {getattr(s, name)}")
-    _rule(
-        s.momentum_min <= s.momentum_max,
-        f"momentum_min must be <= momentum_max, got {s.momentum_min} > {s.momentum_max}",
-    )
-    _rule(s.cpus_per_trial > 0, f"cpus_per_trial must be > 0, got {s.cpus_per_trial}")
-    _rule(s.gpus_per_trial >= 0, f"gpus_per_trial must be >= 0, got {s.gpus_per_trial}")
+    for low, high, op in (("grace_period", "max_epochs", "<="), ("hidden_units_min", "hidden_units_max", "<="),
+                          ("lr_min", "lr_max", "<"), ("momentum_min", "momentum_max", "<=")):
+        a, b = getattr(s, low), getattr(s, high)
+        ok = a <= b if op == "<=" else a < b
+        _rule(ok, f"{low} must be {op} {high}, got {a} {'>' if op == '<=' else '>='} {b}")
     _rule(
         s.gpus_per_trial <= 1 or s.gpus_per_trial == int(s.gpus_per_trial),
         f"gpus_per_trial above 1 must be a whole number, got {s.gpus_per_trial}",
     )
-    _rule(s.max_failures >= 0, f"max_failures must be >= 0, got {s.max_failures}")
-    if s.max_concurrent is not None:
-        _rule(s.max_concurrent >= 1, f"max_concurrent must be >= 1, got {s.max_concurrent}")
-    if s.time_budget_s is not None:
-        _rule(s.time_budget_s > 0, f"time_budget_s must be > 0, got {s.time_budget_s}")
-    if s.subset is not None:
-        _rule(s.subset >= 1, f"subset must be >= 1, got {s.subset}")
-    if s.n_initial_points is not None:
-        _rule(s.n_initial_points >= 1, f"n_initial_points must be >= 1, got {s.n_initial_points}")
     _rule(s.name is not None, "name is required")
     _rule(
         bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=+-]*", s.name)) and ".." not in s.name,
