@@ -2,10 +2,12 @@
 
 Speed comes from what the seed's DataLoader did per sample: we shuffle the uint8 tensor once per
 epoch with one gather, then slice contiguous batches (views, no collate) and scale to float there.
+On CPU the CNN also runs channels-last, where oneDNN's convolutions and pooling are faster.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import pickle
@@ -89,6 +91,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def place_model(name: str, hidden_units: int, device: torch.device) -> nn.Module:
+    """A fresh model on `device`; on CPU a CNN goes channels-last (about 1.25x faster per epoch on 2 cores)."""
+    model = build_model(name, hidden_units).to(device)
+    if name == "cnn" and device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def to_tensors(x, y, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images and int64 labels on `device`, moved once (copied, as Ray's arrays are read-only)."""
     return torch.tensor(x, dtype=torch.uint8, device=device), torch.tensor(y, dtype=torch.int64, device=device)
@@ -143,7 +153,7 @@ class Trainer:
             torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed)  # model init and dropout
         self.generator = torch.Generator().manual_seed(cfg.seed)  # shuffling, independent of the model
-        self.model = build_model(cfg.model, cfg.hidden_units).to(self.device)
+        self.model = place_model(cfg.model, cfg.hidden_units, self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
         self.x_train, self.y_train = to_tensors(data.x_train, data.y_train, self.device)
         self.x_val, self.y_val = to_tensors(data.x_val, data.y_val, self.device)
@@ -152,7 +162,10 @@ class Trainer:
             self.load_state_dict(state)
 
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly where we are: model, optimizer, epoch, RNGs, config."""
+        """Everything needed to continue exactly where we are: model, optimizer, epoch, RNGs, config.
+
+        A copy, not torch's live references: a state kept past the epoch callback must not move with training.
+        """
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -163,7 +176,7 @@ class Trainer:
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        return state
+        return copy.deepcopy(state)
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -221,10 +234,10 @@ def load_model(path, device: str = "cpu") -> tuple[nn.Module, dict]:
     try:
         blob = torch.load(path, map_location=resolve_device(device), weights_only=True)
     except pickle.UnpicklingError:
-        raise DataError(f"{path}: refusing to load, it holds more than tensors and plain values (could run code)") from None
-    except (OSError, RuntimeError) as e:
-        raise DataError(f"{path}: not a readable model file ({e})") from None
+        raise DataError(f"{path}: refusing to load, it is not a model file of only tensors and plain values") from None
+    except (OSError, EOFError, RuntimeError) as e:
+        raise DataError(f"{path}: not a readable model file ({type(e).__name__}: {e})") from None
     cfg = blob["config"]
-    model = build_model(cfg["model"], int(cfg["hidden_units"])).to(resolve_device(device))
+    model = place_model(cfg["model"], int(cfg["hidden_units"]), resolve_device(device))
     model.load_state_dict(blob["model"])
     return model, blob
