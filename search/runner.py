@@ -320,15 +320,20 @@ class TablesCallback(tune.Callback):
         self.trials: list = []
         self._last_refresh = 0.0
         self._last_line = ""
+        self._logged: set | None = None  # (trial_id, epoch) already in the epoch log
 
     def __getstate__(self):  # pickled into Ray's tuner state; the live trial list is rebuilt on restore
-        return {**self.__dict__, "trials": [], "_last_refresh": 0.0, "_last_line": ""}
+        return {**self.__dict__, "trials": [], "_last_refresh": 0.0, "_last_line": "", "_logged": None}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if result.get(REPLAYED):  # already in the log: it was trained (and logged) before the resume
+        if self._logged is None:
+            self._logged = {(r["trial_id"], r["epoch"]) for r in read_epoch_log(self.spec.experiment_dir)}
+        key = (trial.trial_id, int(result["epoch"]))
+        if result.get(REPLAYED) and key in self._logged:  # trained and logged before the restart
             self._maybe_refresh(trials)
             return
-        row = {"experiment": self.spec.name, "trial_id": trial.trial_id, "epoch": int(result["epoch"])}
+        self._logged.add(key)
+        row = {"experiment": self.spec.name, "trial_id": trial.trial_id, "epoch": key[1]}
         row.update({k: float(result[k]) for k in EPOCH_METRICS})
         row["elapsed_s"] = time.time() - self.started_at.timestamp()
         with open(self.spec.experiment_dir / EPOCH_LOG, "a") as f:
@@ -370,8 +375,11 @@ class TablesCallback(tune.Callback):
             self._last_line = line
 
 
-def trial_status(trial, history: list[dict], max_epochs: int, decisions: dict) -> str:
-    """completed | stopped_early | diverged | error | running | pending, from Tune's status and our epoch log."""
+def trial_status(trial, history: list[dict], max_epochs: int, decisions: dict, interrupted: bool = False) -> str:
+    """completed | stopped_early | diverged | error | running | pending, from Tune's status and our epoch log.
+
+    After Ctrl-C Tune ends running trials too; those continue on resume, so they are pending, not stopped.
+    """
     if trial.status == "ERROR":
         return "error"
     if trial.status in ("PENDING", "PAUSED"):
@@ -380,9 +388,11 @@ def trial_status(trial, history: list[dict], max_epochs: int, decisions: dict) -
         return "running"
     if history and not all(math.isfinite(history[-1][k]) for k in ("train_loss", "val_loss")):
         return "diverged"
-    if len(history) < max_epochs or trial.trial_id in decisions:
+    if trial.trial_id in decisions:
         return "stopped_early"
-    return "completed"
+    if len(history) >= max_epochs:
+        return "completed"
+    return "pending" if interrupted else "stopped_early"
 
 
 def _error_of(trial) -> str | None:
@@ -395,7 +405,7 @@ def _error_of(trial) -> str | None:
     return lines[-1][:1000] if lines else "error"
 
 
-def trial_rows(spec: ExperimentSpec, trials: list, epochs: list[dict]) -> list[dict]:
+def trial_rows(spec: ExperimentSpec, trials: list, epochs: list[dict], interrupted: bool = False) -> list[dict]:
     decisions = _read_json(spec.experiment_dir / ASHA_LOG, {})
     by_trial: dict[str, list[dict]] = {}
     for e in epochs:
@@ -415,7 +425,7 @@ def trial_rows(spec: ExperimentSpec, trials: list, epochs: list[dict]) -> list[d
                 "lr": float(t.config["lr"]),
                 "momentum": float(t.config["momentum"]),
                 "batch_size": spec.batch_size,
-                "status": trial_status(t, history, spec.max_epochs, decisions),
+                "status": trial_status(t, history, spec.max_epochs, decisions, interrupted),
                 "epochs_run": len(history),
                 "best_val_acc": best["val_acc"] if best else None,
                 "best_epoch": best["epoch"] if best else None,
@@ -450,33 +460,43 @@ def best_checkpoint(trial_path: str | None) -> str | None:
     return max(scored, key=lambda c: c[2])[0] if scored else None
 
 
-def prune_checkpoints(trials: list) -> None:
-    """Delete checkpoints nobody needs: keep each trial's best, its newest, and any the newest Tune snapshot names.
+def _checkpoints_named_in(snapshot: str) -> set[str]:
+    """"<trial folder>/checkpoint_NNNNNN" for every checkpoint path a Tune snapshot mentions.
 
-    Tune's snapshots are JSON with pickled blobs in hex; we only search the decoded bytes for checkpoint
-    folder names, never unpickle them. Local storage only: on s3:// every checkpoint is kept.
+    Trial entries are JSON inside JSON (escaped quotes) holding pickles as hex: decode the bare hex
+    runs to bytes and look for the paths in them, never unpickling anything. Linear in the snapshot.
     """
-    paths = [t.path for t in trials if t.path and "://" not in t.path]
-    if not paths:
+    blobs = [snapshot.encode()] + [bytes.fromhex(h) for h in re.findall(r"[0-9a-f]{64,}", snapshot) if len(h) % 2 == 0]
+    named = set()
+    for blob in blobs:
+        for m in re.finditer(rb"/(checkpoint_\d{6})", blob):
+            start = blob.rfind(b"/", 0, m.start()) + 1
+            named.add(f"{blob[start:m.start()].decode(errors='replace')}/{m.group(1).decode()}")
+    return named
+
+
+def prune_checkpoints(trials: list) -> None:
+    """Delete checkpoints nobody needs: keep each trial's best, its newest, and the latest the newest Tune snapshot names.
+
+    Local storage only (checkpoints_of): on s3:// every checkpoint is kept.
+    """
+    crowded = [(t, found) for t in trials if len(found := checkpoints_of(t.path)) > 2]
+    if not crowded:
         return
-    snapshots = sorted(Path(paths[0]).parent.glob("experiment_state-*.json"))
-    if not snapshots:
-        return
+    snapshots = sorted(Path(crowded[0][0].path).parent.glob("experiment_state-*.json"))
     try:
         text = snapshots[-1].read_text()
         json.loads(text)  # a snapshot still being copied must not decide anything
-    except (OSError, json.JSONDecodeError):
+    except (IndexError, OSError, json.JSONDecodeError):
         return
-    # Trial entries are JSON inside JSON, so their quotes are escaped: match bare hex runs.
-    blobs = [text.encode()] + [bytes.fromhex(h) for h in re.findall(r"[0-9a-f]{64,}", text) if len(h) % 2 == 0]
-    named = {m.decode() for blob in blobs for m in re.findall(rb"[^/\\\x00-\x1f\"']+/checkpoint_\d{6}", blob)}
-    for t in trials:
-        found = checkpoints_of(t.path)
-        if len(found) <= 2:
-            continue
-        keep = {found[-1][0], best_checkpoint(t.path)}
+    named = _checkpoints_named_in(text)
+    for t, found in crowded:
+        # Tune's checkpoint list names every checkpoint it ever saw; a restore needs only its latest.
+        trial_dir = Path(t.path).name
+        latest = max((n for n in named if n.startswith(f"{trial_dir}/")), default=None)
+        keep = {found[-1][0], best_checkpoint(t.path), latest and str(Path(t.path).parent / latest)}
         for path, _, _ in found:
-            if path not in keep and f"{Path(path).parent.name}/{Path(path).name}" not in named:
+            if path not in keep:
                 shutil.rmtree(path, ignore_errors=True)
 
 
@@ -508,6 +528,14 @@ def versions() -> dict:
     }
 
 
+def current_rows(spec: ExperimentSpec, trials: list, status: str) -> tuple[list[dict], list[dict]]:
+    """(trial rows, epoch rows) as they stand: from the epoch log, Tune's trials and earlier runs' rows."""
+    epochs = read_epoch_log(spec.experiment_dir)
+    rows = merge_previous(spec, trial_rows(spec, trials, epochs, interrupted=status == "interrupted"), trials)
+    known = {r["trial_id"] for r in rows}
+    return rows, [e for e in epochs if e["trial_id"] in known]
+
+
 def write_tables(
     spec: ExperimentSpec,
     started_at: datetime,
@@ -516,12 +544,11 @@ def write_tables(
     best: dict | None = None,
     test: tuple[float, float] | None = None,
     ended_at: datetime | None = None,
+    rows: tuple[list[dict], list[dict]] | None = None,
 ) -> list[dict]:
-    """Rewrite experiment, trials and epochs tables (atomically) from the epoch log and Ray's trials."""
-    epochs = read_epoch_log(spec.experiment_dir)
-    rows = merge_previous(spec, trial_rows(spec, trials, epochs), trials)
-    known = {r["trial_id"] for r in rows}
-    results.write_epochs(spec.experiment_dir, [e for e in epochs if e["trial_id"] in known])
+    """Rewrite experiment, trials and epochs tables (atomically); `rows` as current_rows() gives them."""
+    rows, epochs = rows or current_rows(spec, trials, status)
+    results.write_epochs(spec.experiment_dir, epochs)
     results.write_trials(spec.experiment_dir, rows)
     now = ended_at or datetime.now(timezone.utc)
     spec_cols = {k: v for k, v in spec.to_dict().items() if k in results.EXPERIMENT_SCHEMA.names}
@@ -623,7 +650,8 @@ def finish(spec, started_at, grid, trials, data, interrupted: bool) -> Summary:
     """Test-evaluate the best checkpoint (unless interrupted), write the final tables, summarise."""
     ended = datetime.now(timezone.utc)
     prune_checkpoints(trials)  # Tune saved its final snapshot when fit() returned
-    rows = merge_previous(spec, trial_rows(spec, trials, read_epoch_log(spec.experiment_dir)), trials)
+    status = "interrupted" if interrupted else "finished"
+    rows, epochs = current_rows(spec, trials, status)
     best = pick_best(rows)
     previous = previous_row(spec)
     test = None
@@ -632,8 +660,7 @@ def finish(spec, started_at, grid, trials, data, interrupted: bool) -> Summary:
             test = (previous["test_loss"], previous["test_acc"])  # an extension found nothing better
         else:
             test = evaluate_best(spec, grid, best, data)
-    status = "interrupted" if interrupted else "finished"
-    write_tables(spec, started_at, trials, status, best=best, test=test, ended_at=ended)
+    write_tables(spec, started_at, trials, status, best=best, test=test, ended_at=ended, rows=(rows, epochs))
     return Summary(
         name=spec.name,
         status=status,

@@ -25,7 +25,7 @@ from trainables.train import METRIC, TrainConfig, Trainer
 
 CHECKPOINT_FILE = "state.pt"
 CHECKPOINT_METRICS = "metrics.json"  # epoch and val_acc, so checkpoints can be pruned without loading them
-REPLAYED = "replayed"  # marks a result re-sent for an epoch trained before a resume
+REPLAYED = "replayed"  # marks a result re-sent after a restart for an epoch trained before it
 
 
 def load_checkpoint_state(checkpoint: tune.Checkpoint, device: str = "cpu") -> dict:
@@ -83,10 +83,11 @@ def trainable(config: dict, data: MnistSplits, settings: dict) -> None:
         "hostname": socket.gethostname(),
         "node_id": node_id,
     }
-    if state and (state["epoch"] >= cfg.epochs or state["metrics"]["diverged"]):
-        # It had finished before the driver died; Tune still needs a final result, but nothing is trained.
+    if state is not None:
+        # The driver may have stopped before it saw this epoch's result: send it again (the log keeps one copy).
         tune.report({**state["metrics"], **where, REPLAYED: True})
-        return
+        if state["epoch"] >= cfg.epochs or state["metrics"]["diverged"]:
+            return  # it had finished: nothing left to train
     trainer = Trainer(cfg, data, state=state)
 
     def report(metrics: dict, state_fn) -> None:
