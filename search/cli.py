@@ -14,8 +14,7 @@ from pathlib import Path
 
 from trainables import __version__
 from trainables.errors import ConfigError, HpsearchError
-from trainables.models import DEFAULT_HIDDEN_UNITS, MODELS
-from trainables.train import DEVICES, TrainConfig
+from trainables.config import DEFAULT_HIDDEN_UNITS, DEVICES, MODELS, TrainConfig
 
 EXIT_INTERRUPTED = 130
 EXIT_NO_RESULT = 1

@@ -18,7 +18,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -42,7 +41,8 @@ from search.errors import ClusterError, ExperimentExists, ExperimentNotFound, Sp
 from search.space import HYPERPARAMETERS, Dimension, build_space, seed_point  # noqa: E402
 from search.spec import ExperimentSpec, load_spec  # noqa: E402
 from trainables.data import MnistSplits, load_mnist  # noqa: E402
-from trainables.train import EPOCH_METRICS, METRIC, MODE, TrainConfig, Trainer, load_model, save_model, to_tensors
+from trainables.config import COMPLETED, DIVERGED, EPOCH_METRICS, METRIC, MODE, TrainConfig  # noqa: E402
+from trainables.train import Trainer, load_model, save_model, to_tensors  # noqa: E402
 from trainables.train import evaluate as evaluate_model  # noqa: E402
 from trainables.tune import CHECKPOINT_METRICS, REPLAYED, load_checkpoint_state, trainable  # noqa: E402
 
@@ -387,11 +387,11 @@ def trial_status(trial, history: list[dict], max_epochs: int, decisions: dict, i
     if trial.status == "RUNNING":
         return "running"
     if history and not all(math.isfinite(history[-1][k]) for k in ("train_loss", "val_loss")):
-        return "diverged"
+        return DIVERGED
     if trial.trial_id in decisions:
         return "stopped_early"
     if len(history) >= max_epochs:
-        return "completed"
+        return COMPLETED
     return "pending" if interrupted else "stopped_early"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from search.spec import ExperimentSpec
-from trainables.models import DEFAULT_HIDDEN_UNITS
+from trainables.config import DEFAULT_HIDDEN_UNITS
 
 
 @dataclass(frozen=True)

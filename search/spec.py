@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from search.errors import SpecError
-from trainables.models import MODELS
+from trainables.config import MODELS
 
 SCHEDULERS = ("asha", "fifo")
 SEARCH_ALGS = ("hyperopt", "random")

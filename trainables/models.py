@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from trainables.config import MODELS
 from trainables.errors import ConfigError
-
-MODELS = ("mlp", "cnn")
-DEFAULT_HIDDEN_UNITS = {"mlp": 10, "cnn": 128}  # the seed's hand-picked widths
 
 
 class MLP(nn.Sequential):

@@ -21,7 +21,8 @@ import torch
 from ray import tune
 
 from trainables.data import MnistSplits
-from trainables.train import METRIC, TrainConfig, Trainer
+from trainables.config import METRIC, TrainConfig
+from trainables.train import Trainer
 
 CHECKPOINT_FILE = "state.pt"
 CHECKPOINT_METRICS = "metrics.json"  # epoch and val_acc, so checkpoints can be pruned without loading them

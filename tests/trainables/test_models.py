@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from trainables.errors import ConfigError
-from trainables.models import DEFAULT_HIDDEN_UNITS, MODELS, build_model
+from trainables.config import DEFAULT_HIDDEN_UNITS, MODELS
+from trainables.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -12,11 +12,8 @@ import torch
 
 from trainables.errors import ConfigError, DataError
 from trainables.models import build_model
+from trainables.config import COMPLETED, DIVERGED, EPOCH_METRICS, TrainConfig
 from trainables.train import (
-    COMPLETED,
-    DIVERGED,
-    EPOCH_METRICS,
-    TrainConfig,
     Trainer,
     evaluate,
     load_model,
