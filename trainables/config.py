@@ -18,6 +18,9 @@ MODE = "max"
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_s")
 COMPLETED, DIVERGED = "completed", "diverged"
 DEVICES = ("cpu", "cuda", "auto")
+CHECKPOINT_FILE = "state.pt"  # a trial checkpoint: the Trainer state, read with weights_only=True
+CHECKPOINT_METRICS = "metrics.json"  # its epoch and val_acc, so checkpoints can be pruned without loading them
+REPLAYED = "replayed"  # marks a result re-sent after a restart for an epoch trained before it
 
 
 def _is_int(v) -> bool:

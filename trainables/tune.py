@@ -20,13 +20,9 @@ import ray
 import torch
 from ray import tune
 
+from trainables.config import CHECKPOINT_FILE, CHECKPOINT_METRICS, METRIC, REPLAYED, TrainConfig
 from trainables.data import MnistSplits
-from trainables.config import METRIC, TrainConfig
 from trainables.train import Trainer
-
-CHECKPOINT_FILE = "state.pt"
-CHECKPOINT_METRICS = "metrics.json"  # epoch and val_acc, so checkpoints can be pruned without loading them
-REPLAYED = "replayed"  # marks a result re-sent after a restart for an epoch trained before it
 
 
 def load_checkpoint_state(checkpoint: tune.Checkpoint, device: str = "cpu") -> dict:
