@@ -24,7 +24,10 @@ from search.spec import ExperimentSpec
 from trainables.config import CHECKPOINT_METRICS, COMPLETED, DIVERGED, METRIC
 
 EPOCH_LOG = "epochs.jsonl"  # append-only, fsynced per epoch: the durable record the epochs table is built from
-ASHA_LOG = "asha.json"  # ASHA's stop decisions: rung, cutoff and the trial's value there
+# ASHA's rungs, and its stop decisions (rung, cutoff, the trial's value there), as JSON. Not named *.json:
+# a restored Tuner copies the experiment's top-level *.json and *.pkl into its staging folder and later
+# uploads them back, over whatever the resumed search wrote since.
+ASHA_LOG = "asha.state"
 
 
 @dataclass
@@ -115,7 +118,7 @@ def _error_of(trial) -> str | None:
 
 
 def trial_rows(spec: ExperimentSpec, trials: list, epochs: list[dict], interrupted: bool = False) -> list[dict]:
-    decisions = read_json(spec.experiment_dir / ASHA_LOG, {})
+    decisions = read_json(spec.experiment_dir / ASHA_LOG, {}).get("decisions", {})
     by_trial: dict[str, list[dict]] = {}
     for e in epochs:
         by_trial.setdefault(e["trial_id"], []).append(e)

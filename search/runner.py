@@ -144,17 +144,32 @@ def build_searcher(spec: ExperimentSpec):
 
 
 class RecordingASHA(ASHAScheduler):
-    """ASHA that writes down each early stop: the rung, the cutoff there and the trial's value.
+    """ASHA that keeps its state in a file: each rung's values, and each early stop with its cutoff.
 
-    Ray keeps only the rung's values; the cutoff a trial lost against is gone once others report. The
-    decisions go to a file, merged, because a restored Tuner brings back this object as it was at the start.
+    Tune saves the searcher with the experiment but not the scheduler: a restored Tuner brings this
+    object back as it was at the start. Reloading the rungs from the file lets a resumed search judge
+    new results against everything seen before. Ray also keeps only a rung's values; the cutoff a trial
+    lost against is gone once others report, so it is written down at the decision.
     """
 
     def __init__(self, log_path: Path, **kwargs):
         super().__init__(**kwargs)
         self.log_path = str(log_path)
+        self._reloaded = False
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._reloaded = False
+
+    def _reload(self) -> None:
+        saved = read_json(Path(self.log_path), {}).get("rungs", [])
+        for (_, recorded), (_, values) in zip(self._brackets[0]._rungs, saved):
+            recorded.update({k: v for k, v in values.items() if k not in recorded})
+        self._reloaded = True
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if not self._reloaded:
+            self._reload()
         cutoff = rung = None
         bracket = self._trial_info.get(trial.trial_id)
         if bracket is not None and self._time_attr in result:
@@ -163,14 +178,15 @@ class RecordingASHA(ASHAScheduler):
                     rung, cutoff = milestone, bracket.cutoff(recorded)
                     break
         action = super().on_trial_result(tune_controller, trial, result)
+        state = read_json(Path(self.log_path), {})
+        state["rungs"] = [[m, recorded] for m, recorded in self._brackets[0]._rungs]
         if action == TrialScheduler.STOP and result.get(self._time_attr, 0) < self._max_t and cutoff is not None:
-            decisions = read_json(Path(self.log_path), {})
-            decisions[trial.trial_id] = {
+            state.setdefault("decisions", {})[trial.trial_id] = {
                 "asha_rung": int(rung),
                 "asha_cutoff": float(self._metric_op * cutoff),
                 "asha_value": float(result[self._metric]),
             }
-            write_json(Path(self.log_path), decisions)
+        write_json(Path(self.log_path), state)
         return action
 
 

@@ -94,6 +94,9 @@ def resume_and_check(tmp_path: Path, name: str, done_before: set[str], log_befor
         }
     retrained = Counter(trial for (trial, _), n in log_after.items() if n > 1)
     assert all(n <= 1 for n in retrained.values()), retrained  # at most the epoch in flight
+    # ASHA's state came back too: its first rung (epoch 1) holds every trial, from before and after the stop
+    first_rung = json.loads((experiment_dir / "asha.state").read_text())["rungs"][-1]
+    assert first_rung[0] == 1 and set(first_rung[1]) >= {t["trial_id"] for t in trials}
     epochs = results.read_table(str(tmp_path), "epochs", [name]).to_pylist()
     for t in trials:
         got = sorted(e["epoch"] for e in epochs if e["trial_id"] == t["trial_id"])
