@@ -113,15 +113,3 @@ def test_gpu_trials_go_to_the_gpu_node_and_cpu_trials_are_not_blocked(cluster, t
     assert gpu.returncode != 0
     c.remove_node(gpu_node)
 
-
-@pytest.mark.parametrize("address", ["127.0.0.1:1", "auto", "ray://127.0.0.1:1", "no-port"])
-def test_an_unreachable_address_fails_in_one_line(address, tmp_path, monkeypatch, capsys):
-    from search.cli import main
-
-    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # what `auto` resolves to
-    start = time.monotonic()
-    code = main(["run", "--smoke", "--address", address, "--results-dir", str(tmp_path), "--name", "x"])
-    assert code == 5 and time.monotonic() - start < 30
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("hpsearch: error: ")
-    assert not (tmp_path / "x").exists()
