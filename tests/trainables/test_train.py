@@ -15,8 +15,10 @@ from trainables.models import build_model
 from trainables.config import COMPLETED, DIVERGED, EPOCH_METRICS, TrainConfig
 from trainables.train import (
     Trainer,
+    autograd_step,
     evaluate,
     load_model,
+    mlp_sgd_step,
     place_model,
     resolve_device,
     save_model,
@@ -165,6 +167,49 @@ def test_train_epoch_loss_and_accuracy_are_means_over_every_sample(tiny_data):
     expected_loss, expected_acc = evaluate(model, x, y)
     assert loss == pytest.approx(expected_loss, rel=1e-5)
     assert acc == expected_acc
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_the_hand_written_mlp_step_makes_autograds_update(tiny_data, momentum):
+    """Same losses, logits, weights and momentum buffers as autograd + torch's SGD, step after step."""
+    x, y = to_tensors(tiny_data.x_train[:100], tiny_data.y_train[:100], CPU)  # 3 batches of 32 and one of 4
+    models, optimizers = [], []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(place_model("mlp", 16, CPU))
+        optimizers.append(torch.optim.SGD(models[-1].parameters(), lr=0.05, momentum=momentum))
+    reference, ours = autograd_step(models[0], optimizers[0]), mlp_sgd_step(models[1], optimizers[1])
+    for _ in range(2):
+        for i in range(0, 100, 32):
+            (loss_a, out_a), (loss_b, out_b) = reference(x[i : i + 32], y[i : i + 32]), ours(x[i : i + 32], y[i : i + 32])
+            torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(out_b, out_a, rtol=1e-5, atol=1e-5)
+    for (key, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=key)
+    state_a, state_b = optimizers[0].state_dict()["state"], optimizers[1].state_dict()["state"]
+    assert state_a.keys() == state_b.keys() == (set(range(4)) if momentum else set())
+    for key in state_a:
+        torch.testing.assert_close(state_b[key]["momentum_buffer"], state_a[key]["momentum_buffer"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True),
+        lambda params: torch.optim.SGD(params, lr=0.1, weight_decay=1e-4),
+        lambda params: torch.optim.Adam(params, lr=1e-3),
+    ],
+    ids=["nesterov", "weight_decay", "adam"],
+)
+def test_other_optimizers_train_the_mlp_through_autograd(tiny_data, make_optimizer):
+    model = place_model("mlp", 16, CPU)
+    optimizer = make_optimizer(model.parameters())
+    assert mlp_sgd_step(model, optimizer) is None
+    before = model[1].weight.clone()
+    x, y = to_tensors(tiny_data.x_train, tiny_data.y_train, CPU)
+    loss, _ = train_epoch(model, optimizer, x, y, 32, torch.Generator().manual_seed(0))
+    assert math.isfinite(loss) and not torch.equal(before, model[1].weight)
+    assert model[1].weight.grad is not None  # autograd ran
 
 
 def test_evaluate_does_not_depend_on_batch_size(tiny_data):
