@@ -1,4 +1,4 @@
-"""`hpsearch run | resume | results | report | evaluate | train`.
+"""`hpsearch run | resume | results | report | evaluate | train | download`.
 
 The flags of `run` are generated from ExperimentSpec (and those of `train` from TrainConfig), so the
 dataclasses are the help and a concept has one name from flag to Parquet column. User errors become
@@ -100,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save", metavar="PATH", default=None, help="save the trained model (state dict + config)")
     train.set_defaults(func=cmd_train)
 
+    download = sub.add_parser(
+        "download", help="fetch MNIST from the usual mirrors into a folder (opt-in: a copy ships with the package)"
+    )
+    download.add_argument("dest", help="folder for the four IDX files; then use it as --data-dir or $HPSEARCH_DATA_DIR")
+    download.add_argument("--mirror", action="append", metavar="URL", help="base URL to try instead (repeatable)")
+    download.set_defaults(func=cmd_download)
+
     results_cli.register(sub)
     return parser
 
@@ -165,6 +172,13 @@ def cmd_train(args) -> int:
         Path(args.save).parent.mkdir(parents=True, exist_ok=True)
         save_model(args.save, trainer, extra={"metrics": {"test_acc": test_acc, "test_loss": test_loss}})
         print(f"saved {args.save}")
+    return 0
+
+
+def cmd_download(args) -> int:
+    from trainables.data import MIRRORS, download_mnist
+
+    print(f"MNIST verified in {download_mnist(args.dest, tuple(args.mirror or MIRRORS))}")
     return 0
 
 

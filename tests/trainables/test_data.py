@@ -6,13 +6,24 @@ import gzip
 import hashlib
 import os
 import pickle
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.model_selection import train_test_split
 
-from trainables.data import BUNDLED_DIR, DATA_DIR_ENV, IDX_FILES, MnistSplits, load_mnist, read_idx, read_raw
+from search.cli import main
+from trainables.data import (
+    BUNDLED_DIR,
+    DATA_DIR_ENV,
+    IDX_FILES,
+    MnistSplits,
+    download_mnist,
+    load_mnist,
+    read_idx,
+    read_raw,
+)
 from trainables.errors import DataError
 
 LABELS = "train-labels-idx1-ubyte"  # the smallest bundled file, for the error cases
@@ -328,3 +339,63 @@ def test_subset_keeps_first_training_images_and_whole_validation_and_test(mnist)
     assert small.x_val is mnist.x_val and small.y_val is mnist.y_val
     assert small.x_test is mnist.x_test and small.y_test is mnist.y_test
     assert mnist.subset(None) is mnist and mnist.subset(48_000) is mnist and mnist.subset(10**6) is mnist
+
+
+# --- the opt-in download, from local file:// mirrors ---------------------------------------------
+
+
+def mirror(tmp_path: Path, name: str, corrupt: str | None = None) -> str:
+    """A folder holding the bundled .gz files, as a file:// base URL; `corrupt` names a file to replace with other bytes."""
+    folder = tmp_path / name
+    folder.mkdir()
+    for f in IDX_FILES:
+        blob = (BUNDLED_DIR / f"{f}.gz").read_bytes()
+        (folder / f"{f}.gz").write_bytes(gzip.compress(b"not mnist") if f == corrupt else blob)
+    return folder.as_uri() + "/"
+
+
+def test_download_skips_a_bad_mirror_verifies_and_keeps_what_is_there(tmp_path, raw):
+    bad = mirror(tmp_path, "bad", corrupt=LABELS)
+    missing = (tmp_path / "nowhere").as_uri() + "/"
+    dest = tmp_path / "data"
+    assert download_mnist(dest, (missing, bad, mirror(tmp_path, "good"))) == dest
+    assert_arrays_equal(read_raw(dest), raw)
+    assert sorted(p.name for p in dest.glob("*.gz")) == sorted(f"{f}.gz" for f in IDX_FILES)
+    before = {p.name: p.stat().st_mtime_ns for p in dest.glob("*.gz")}
+    download_mnist(dest, (missing,))  # every file verified in place: nothing fetched, so no mirror needed
+    assert {p.name: p.stat().st_mtime_ns for p in dest.glob("*.gz")} == before
+
+
+def test_download_that_no_mirror_can_serve_names_each_reason(tmp_path):
+    bad = mirror(tmp_path, "bad", corrupt=LABELS)
+    with pytest.raises(DataError, match=rf"could not download {LABELS}.gz: .*nowhere.*; .*bad.*md5") as e:
+        download_mnist(tmp_path / "data", ((tmp_path / "nowhere").as_uri() + "/", bad))
+    assert "md5 of the uncompressed bytes does not match" in str(e.value)
+    assert not list((tmp_path / "data").glob(f"{LABELS}*"))  # nothing unverified is left behind
+
+
+def test_parallel_downloads_into_one_folder_both_succeed(tmp_path, raw):
+    """Trials that start together race for the same folder; the file lock serialises them."""
+    good, dest, errors = mirror(tmp_path, "good"), tmp_path / "data", []
+
+    def fetch():
+        try:
+            download_mnist(dest, (good,))
+        except Exception as e:  # reported below: an assert in a thread would be lost
+            errors.append(e)
+
+    threads = [threading.Thread(target=fetch) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert_arrays_equal(read_raw(dest), raw)
+
+
+def test_download_command(tmp_path, capsys):
+    assert main(["download", str(tmp_path / "data"), "--mirror", mirror(tmp_path, "good")]) == 0
+    assert f"MNIST verified in {tmp_path / 'data'}" in capsys.readouterr().out
+    code = main(["download", str(tmp_path / "other"), "--mirror", (tmp_path / "nowhere").as_uri() + "/"])
+    err = capsys.readouterr().err
+    assert code == 3 and err.count("\n") == 1 and err.startswith("hpsearch: error: could not download")
