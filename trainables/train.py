@@ -2,7 +2,8 @@
 
 Speed comes from what the seed's DataLoader did per sample: we shuffle the uint8 tensor once per
 epoch with one gather, then slice contiguous batches (views, no collate) and scale to float there.
-On CPU the CNN also runs channels-last, where oneDNN's convolutions and pooling are faster.
+The MLP's SGD step is written out by hand (`mlp_sgd_step`), because at batch 32 autograd's overhead
+costs as much as the two GEMMs; on CPU the CNN runs channels-last, where oneDNN is faster.
 """
 
 from __future__ import annotations
@@ -86,9 +87,9 @@ def mlp_sgd_step(model: MLP, optimizer: torch.optim.Optimizer) -> Step | None:
     """The MLP's SGD step with its two layers' gradients written out: the update autograd + torch's SGD make.
 
     At batch 32 an MLP step is two small GEMMs buried under ~40 dispatched ops (autograd graph, loss,
-    zero_grad, a per-parameter optimizer loop); this is 13 ops, about 1.8x faster per epoch on CPU. The
-    1/256 pixel scale and the 1/batch of the mean loss ride in the GEMMs' alpha, SGD's momentum in their
-    beta (buf = momentum * buf + grad, then param -= lr * buf; with momentum 0 the GEMMs update the
+    zero_grad, a per-parameter optimizer loop); this is about 20, and an epoch on CPU is ~1.8x faster.
+    The 1/256 pixel scale and the 1/batch of the mean loss ride in the GEMMs' alpha, SGD's momentum in
+    their beta (buf = momentum * buf + grad, then param -= lr * buf; with momentum 0 the GEMMs update the
     weights directly). The momentum buffers live in the optimizer's state, as torch's SGD keeps them,
     so checkpoints and resuming are the same for both steps. None when the optimizer is not plain SGD.
     """
@@ -96,31 +97,27 @@ def mlp_sgd_step(model: MLP, optimizer: torch.optim.Optimizer) -> Step | None:
     if group is None:
         return None
     lr, momentum = group["lr"], group["momentum"]
-    fc1, fc2 = model[1], model[3]
-    params = [p.detach() for p in (fc1.weight, fc1.bias, fc2.weight, fc2.bias)]  # no autograd graph: in place
+    layers = [model[1].weight, model[1].bias, model[3].weight, model[3].bias]
+    params = [p.detach() for p in layers]  # no autograd graph, so they can be updated in place
     if momentum:
-        targets = []
-        for p in (fc1.weight, fc1.bias, fc2.weight, fc2.bias):
-            state = optimizer.state[p]
-            if state.get("momentum_buffer") is None:  # torch starts it as the first gradient: momentum * 0 + grad
-                state["momentum_buffer"] = torch.zeros_like(p, requires_grad=False)
-            targets.append(state["momentum_buffer"])
-        beta, alpha = momentum, 1.0
+        for p in layers:  # torch starts a buffer as the first gradient, which is momentum * 0 + gradient
+            if optimizer.state[p].get("momentum_buffer") is None:
+                optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p, requires_grad=False)
+        targets, beta, alpha = [optimizer.state[p]["momentum_buffer"] for p in layers], momentum, 1.0
     else:
         targets, beta, alpha = params, 1.0, -lr
-    w1, _, w2, _ = params
+    w1, b1, w2, b2 = params
     t_w1, t_b1, t_w2, t_b2 = targets
-    ones = torch.ones(0, device=w1.device)
-    minus_one = torch.full((0, 1), -1.0, device=w1.device)
+    constants = {}  # batch length -> (ones, a column of -1): the full batch and the epoch's last one
 
     def step(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal ones, minus_one
         n = len(yb)
-        if len(ones) != n:
-            ones, minus_one = w1.new_ones(n), w1.new_full((n, 1), -1.0)
+        if n not in constants:
+            constants[n] = (w1.new_ones(n), w1.new_full((n, 1), -1.0))
+        ones, minus_one = constants[n]
         x = xb.reshape(n, -1).float()
-        h = torch.addmm(params[1], x, w1.t(), alpha=PIXEL_SCALE).relu_()
-        out = torch.addmm(params[3], h, w2.t())
+        h = torch.addmm(b1, x, w1.t(), alpha=PIXEL_SCALE).relu_()
+        out = torch.addmm(b2, h, w2.t())
         log_p = torch.log_softmax(out, 1)
         loss_sum = log_p.gather(1, yb[:, None]).sum().neg_()
         grad_out = log_p.exp_().scatter_add_(1, yb[:, None], minus_one)  # softmax - one_hot, times n
