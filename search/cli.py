@@ -170,7 +170,7 @@ def cmd_train(args) -> int:
     print(f"test_acc {test_acc:.4f}  test_loss {test_loss:.4f}")
     if args.save:
         Path(args.save).parent.mkdir(parents=True, exist_ok=True)
-        save_model(args.save, trainer, extra={"metrics": {"test_acc": test_acc, "test_loss": test_loss}})
+        save_model(args.save, trainer.model, cfg, extra={"metrics": {"test_acc": test_acc, "test_loss": test_loss}})
         print(f"saved {args.save}")
     return 0
 

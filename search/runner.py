@@ -49,7 +49,7 @@ from search.space import HYPERPARAMETERS, Dimension, build_space, seed_point  # 
 from search.spec import ExperimentSpec, load_spec  # noqa: E402
 from trainables.config import EPOCH_METRICS, METRIC, MODE, REPLAYED, TrainConfig  # noqa: E402
 from trainables.data import MnistSplits, load_mnist  # noqa: E402
-from trainables.train import Trainer, load_model, save_model, to_tensors  # noqa: E402
+from trainables.train import load_model, model_from_state, resolve_device, save_model, to_tensors  # noqa: E402
 from trainables.train import evaluate as evaluate_model  # noqa: E402
 from trainables.tune import load_checkpoint_state, trainable  # noqa: E402
 
@@ -353,29 +353,31 @@ def evaluate_best(spec: ExperimentSpec, grid, best: dict, data: MnistSplits) -> 
     if checkpoint is None:
         return None
     state = load_checkpoint_state(checkpoint)
+    # Only the model: an optimizer would cost a 2 s first-use import, moving the training set to the device more.
     cfg = TrainConfig(**{**state["config"], "device": "auto", "num_threads": None})
-    trainer = Trainer(cfg, data, state=state)
-    test = trainer.test(data)
-    save_best(spec, trainer, best["trial_id"], test)
-    return test
+    device = resolve_device(cfg.device)
+    model = model_from_state(state, device)
+    val_loss, val_acc = evaluate_model(model, *to_tensors(data.x_val, data.y_val, device))
+    test_loss, test_acc = evaluate_model(model, *to_tensors(data.x_test, data.y_test, device))
+    summary = {
+        "trial_id": best["trial_id"],
+        "hyperparameters": {k: getattr(cfg, k) for k in HYPERPARAMETERS},
+        "epoch": state["epoch"],
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+    }
+    save_best(spec, model, cfg, summary)
+    return test_loss, test_acc
 
 
-def save_best(spec: ExperimentSpec, trainer: Trainer, trial_id: str, test: tuple[float, float]) -> None:
+def save_best(spec: ExperimentSpec, model, cfg: TrainConfig, summary: dict) -> None:
     """best/model.pt (state dict + model config + hyperparameters + metrics) and best/metrics.json."""
     best_dir = spec.experiment_dir / BEST_DIR
     best_dir.mkdir(parents=True, exist_ok=True)
-    val_loss, val_acc = trainer.validate()
-    summary = {
-        "trial_id": trial_id,
-        "hyperparameters": {k: getattr(trainer.cfg, k) for k in HYPERPARAMETERS},
-        "epoch": trainer.epoch,
-        "val_loss": val_loss,
-        "val_acc": val_acc,
-        "test_loss": test[0],
-        "test_acc": test[1],
-    }
     tmp = best_dir / ".model.pt.tmp"
-    save_model(tmp, trainer, extra={"metrics": summary})
+    save_model(tmp, model, cfg, extra={"metrics": summary})
     os.replace(tmp, best_dir / "model.pt")
     write_json(best_dir / "metrics.json", summary)
 

@@ -250,9 +250,17 @@ class Trainer:
         return evaluate(self.model, *to_tensors(data.x_test, data.y_test, self.device))
 
 
-def save_model(path, trainer: Trainer, extra: dict | None = None) -> None:
+def save_model(path, model: nn.Module, cfg: TrainConfig, extra: dict | None = None) -> None:
     """Save state dict + config (+ metrics) with torch.save; read back with load_model."""
-    torch.save({"model": trainer.model.state_dict(), "config": asdict(trainer.cfg), **(extra or {})}, path)
+    torch.save({"model": model.state_dict(), "config": asdict(cfg), **(extra or {})}, path)
+
+
+def model_from_state(blob: dict, device: torch.device) -> nn.Module:
+    """The model a saved model file or a trial checkpoint describes (its "config" and "model" entries), on `device`."""
+    cfg = blob["config"]
+    model = place_model(cfg["model"], int(cfg["hidden_units"]), device)
+    model.load_state_dict(blob["model"])
+    return model
 
 
 def load_model(path, device: str = "cpu") -> tuple[nn.Module, dict]:
@@ -263,7 +271,4 @@ def load_model(path, device: str = "cpu") -> tuple[nn.Module, dict]:
         raise DataError(f"{path}: refusing to load, it is not a model file of only tensors and plain values") from None
     except (OSError, EOFError, RuntimeError) as e:
         raise DataError(f"{path}: not a readable model file ({type(e).__name__}: {e})") from None
-    cfg = blob["config"]
-    model = place_model(cfg["model"], int(cfg["hidden_units"]), resolve_device(device))
-    model.load_state_dict(blob["model"])
-    return model, blob
+    return model_from_state(blob, resolve_device(device)), blob

@@ -287,7 +287,7 @@ def test_save_and_load_model_round_trip(tiny_data, tmp_path, model):
     trainer = Trainer(TrainConfig(model=model, hidden_units=12, epochs=1), tiny_data)
     trainer.fit()
     path = tmp_path / "model.pt"
-    save_model(path, trainer, extra={"val_acc": 0.5, "epoch": 1})
+    save_model(path, trainer.model, trainer.cfg, extra={"val_acc": 0.5, "epoch": 1})
     loaded, blob = load_model(path)
     assert blob["config"] == asdict(trainer.cfg)
     assert (blob["val_acc"], blob["epoch"]) == (0.5, 1)
