@@ -353,7 +353,7 @@ def evaluate_best(spec: ExperimentSpec, grid, best: dict, data: MnistSplits) -> 
     if checkpoint is None:
         return None
     state = load_checkpoint_state(checkpoint)
-    # Only the model: an optimizer would cost a 2 s first-use import, moving the training set to the device more.
+    # The model alone: a Trainer would build an optimizer (2 s of first-use imports) and move the training set.
     cfg = TrainConfig(**{**state["config"], "device": "auto", "num_threads": None})
     device = resolve_device(cfg.device)
     model = model_from_state(state, device)
