@@ -143,7 +143,7 @@ def trial_rows(spec: ExperimentSpec, trials: list, epochs: list[dict], interrupt
                 "best_epoch": best["epoch"] if best else None,
                 "last_val_acc": history[-1]["val_acc"] if history else None,
                 "train_s": sum(e["epoch_s"] for e in history) if history else None,
-                "node": last.get("node"),
+                "node": last.get("node_ip"),
                 "node_id": last.get("node_id"),
                 "cpus": spec.cpus_per_trial,
                 "gpus": spec.gpus_per_trial,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import tempfile
 from pathlib import Path
 
@@ -75,11 +74,7 @@ def trainable(config: dict, data: MnistSplits, settings: dict) -> None:
     if checkpoint := tune.get_checkpoint():
         candidates.append(load_checkpoint_state(checkpoint))
     state = max((s for s in candidates if s), key=lambda s: s["epoch"], default=None)
-    where = {
-        "node": ray.util.get_node_ip_address(),
-        "hostname": socket.gethostname(),
-        "node_id": node_id,
-    }
+    where = {"node_id": node_id}  # Tune fills in node_ip and hostname itself
     if state is not None:
         # The driver may have stopped before it saw this epoch's result: send it again (the log keeps one copy).
         tune.report({**state["metrics"], **where, REPLAYED: True})
