@@ -93,7 +93,7 @@ class ExperimentSpec:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(ExperimentSpec)}
-SMOKE = {"num_samples": 4, "max_epochs": 2, "subset": 2000, "grace_period": 1}
+SMOKE = {"num_samples": 4, "max_epochs": 2, "subset": 2000}
 
 
 def _rule(ok: bool, message: str) -> None:

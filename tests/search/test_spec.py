@@ -102,20 +102,17 @@ def test_unreadable_yaml(capsys, tmp_path):
     assert err.count("\n") == 1 and "cannot be read" in err and "missing.yaml" in err
 
 
-def test_invalid_yaml(capsys, tmp_path):
-    cfg = tmp_path / "bad.yaml"
-    cfg.write_text("model: [mlp\n")
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("model: [mlp\n", "not valid YAML"), ("model: mlp\nmax_epoch: 3\n", "unknown key 'max_epoch'")],
+    ids=["invalid", "unknown_key"],
+)
+def test_bad_yaml_file(capsys, tmp_path, text, expected):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(text)
     assert cli(["run", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not valid YAML" in err
-
-
-def test_unknown_yaml_key(capsys, tmp_path):
-    cfg = tmp_path / "typo.yaml"
-    cfg.write_text("model: mlp\nmax_epoch: 3\n")
-    assert cli(["run", "--config", str(cfg)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "unknown key 'max_epoch'" in err
+    assert err.count("\n") == 1 and expected in err
 
 
 def test_wrong_yaml_type():
