@@ -150,6 +150,9 @@ class RecordingASHA(ASHAScheduler):
     object back as it was at the start. Reloading the rungs from the file lets a resumed search judge
     new results against everything seen before. Ray also keeps only a rung's values; the cutoff a trial
     lost against is gone once others report, so it is written down at the decision.
+
+    Tune acts on a STOP only once that result's checkpoint is saved: a driver stopped in between leaves
+    the trial unfinished in Ray's state, and a resume would train it on. The file's decisions hold instead.
     """
 
     def __init__(self, log_path: Path, **kwargs):
@@ -162,14 +165,17 @@ class RecordingASHA(ASHAScheduler):
         self._reloaded = False
 
     def _reload(self) -> None:
-        saved = read_json(Path(self.log_path), {}).get("rungs", [])
-        for (_, recorded), (_, values) in zip(self._brackets[0]._rungs, saved):
+        saved = read_json(Path(self.log_path), {})
+        for (_, recorded), (_, values) in zip(self._brackets[0]._rungs, saved.get("rungs", [])):
             recorded.update({k: v for k, v in values.items() if k not in recorded})
+        self._decided = set(saved.get("decisions", {}))
         self._reloaded = True
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if not self._reloaded:
             self._reload()
+        if trial.trial_id in self._decided:  # the result its restart replays: stop before it trains again
+            return TrialScheduler.STOP
         cutoff = rung = None
         bracket = self._trial_info.get(trial.trial_id)
         if bracket is not None and self._time_attr in result:

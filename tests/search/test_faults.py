@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from search import results
+from trainables.config import CHECKPOINT_METRICS
 
 pytestmark = pytest.mark.ray
 
@@ -142,3 +143,41 @@ def test_extending_a_finished_search(tmp_path):
     experiment = results.read_table(str(tmp_path), "experiments", [name]).to_pylist()[0]
     assert experiment["status"] == "finished" and experiment["trials"] == 5
     assert experiment["best_val_acc"] == max(t["best_val_acc"] for t in after)
+
+
+def test_a_stop_asha_decided_just_before_the_interrupt_holds_on_resume(tmp_path):
+    """Tune acts on a STOP only after that result's checkpoint is saved; a Ctrl-C in between leaves the trial
+    unfinished in Ray's state while asha.state holds the decision. That trial must not train again.
+
+    The race is made certain here: ASHA never stops on its own (grace period = max epochs), the driver is
+    stopped mid-trial, and a decision on the trial's newest checkpoint is written as RecordingASHA writes it.
+    """
+    name = "decided"
+    argv = ["--subset", "12000", "--max-epochs", "20", "--grace-period", "20", "--num-samples", "2",
+            "--max-concurrent", "1", "--seed", "4", "--name", name, "--results-dir", str(tmp_path), "--verbose", "0"]
+    proc = hpsearch("run", *argv)
+    try:
+        wait_for(lambda: len(epoch_log(tmp_path / name)) >= 2, proc)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        kill_session(proc.pid)
+    assert proc.returncode == 130, out
+    (stopped,) = {trial for trial, _ in epoch_log(tmp_path / name)}
+    saved = (tmp_path / name).glob(f"trainable_{stopped}_*/checkpoint_*/{CHECKPOINT_METRICS}")
+    decided_at = max(json.loads(p.read_text())["epoch"] for p in saved)
+    assert decided_at < 20, "the trial finished before the driver was stopped"
+    state_file = tmp_path / name / "asha.state"
+    state = json.loads(state_file.read_text())
+    state.setdefault("decisions", {})[stopped] = {"asha_rung": decided_at, "asha_cutoff": 1.0, "asha_value": 0.5}
+    state_file.write_text(json.dumps(state))
+
+    proc = hpsearch("resume", name, "--results-dir", str(tmp_path), "--verbose", "0")
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out
+    log = epoch_log(tmp_path / name)
+    assert {k: n for k, n in log.items() if k[0] == stopped} == {(stopped, e): 1 for e in range(1, decided_at + 1)}
+    trials = {t["trial_id"]: t for t in results.read_table(str(tmp_path), "trials", [name]).to_pylist()}
+    assert trials[stopped]["status"] == "stopped_early" and trials[stopped]["asha_rung"] == decided_at
+    (other,) = set(trials) - {stopped}
+    assert trials[other]["status"] == "completed" and trials[other]["epochs_run"] == 20
