@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", metavar="YAML", help="options from a YAML file (keys as the flags, with _)")
     run.add_argument("--smoke", action="store_true", help="tiny preset: 4 trials x 2 epochs on 2,000 images (< 1 min)")
     run.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="0 quiet, 1 trial table, 2 every result")
+    run.add_argument("--resume", action="store_true",
+                     help="if experiment --name exists, continue it (as `hpsearch resume`) instead of refusing")
     _add_dataclass_flags(run, FIELDS.values(), {k: f.metadata["help"] for k, f in FIELDS.items()}, {})
     run.set_defaults(func=cmd_run)
 
@@ -117,7 +119,7 @@ def cmd_run(args) -> int:
 
     options = {name: getattr(args, name) for name in FIELDS}
     spec = build_spec(options, config=args.config, smoke=args.smoke)
-    return _report(runner.run(spec, verbose=args.verbose))
+    return _report(runner.run(spec, verbose=args.verbose, resume_existing=args.resume))
 
 
 def cmd_resume(args) -> int:

@@ -456,13 +456,22 @@ def _execute(spec: ExperimentSpec, make_tuner, verbose: int, expected: int | Non
             ray.shutdown()
 
 
-def run(spec: ExperimentSpec, verbose: int = 1) -> Summary:
-    """A new search. Refuses to overwrite an existing experiment (Ray #35812): resume it or rename."""
+def run(spec: ExperimentSpec, verbose: int = 1, resume_existing: bool = False) -> Summary:
+    """A new search. An existing experiment is never overwritten (Ray #35812): it is refused, or with
+    `resume_existing` continued as `hpsearch resume` would, provided the spec is the one it was saved with."""
     if (spec.experiment_dir / "spec.json").exists() or (Path(spec.ray_storage_path) / spec.name).exists():
-        raise ExperimentExists(
-            f"experiment {spec.name!r} already exists in {spec.results_dir}; "
-            f"use `hpsearch resume {spec.name}` or choose another --name"
-        )
+        if not resume_existing:
+            raise ExperimentExists(
+                f"experiment {spec.name!r} already exists in {spec.results_dir}; "
+                f"use `hpsearch resume {spec.name}` (or `run --resume`) or choose another --name"
+            )
+        saved = open_spec(spec.name, spec.results_dir)
+        differ = [f"{k} (saved {getattr(saved, k)!r}, got {v!r})" for k, v in spec.to_dict().items()
+                  if k != "address" and getattr(saved, k) != v]
+        if differ:
+            raise SpecError(f"--resume continues {spec.name!r} as it was saved, but these options differ: "
+                            + "; ".join(differ))
+        return resume(spec.name, spec.results_dir, verbose=verbose, address=spec.address)
     build = lambda data, tables: build_tuner(spec, data, tables, verbose, spec.name)  # noqa: E731
     return _execute(spec, build, verbose, prepare=lambda: spec.save(spec.experiment_dir))
 

@@ -78,8 +78,9 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 240) -> None:
         time.sleep(0.2)
 
 
-def resume_and_check(tmp_path: Path, name: str, done_before: set[str], log_before: Counter) -> None:
-    proc = hpsearch("resume", name, "--results-dir", str(tmp_path), "--verbose", "0")
+def resume_and_check(tmp_path: Path, name: str, done_before: set[str], log_before: Counter, *argv: str) -> None:
+    """Continue with `argv` (by default `hpsearch resume NAME`) and check that nothing finished was run again."""
+    proc = hpsearch(*(argv or ("resume", name)), "--results-dir", str(tmp_path), "--verbose", "0")
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out
     assert_no_ray_left(proc.pid)
@@ -121,7 +122,9 @@ def test_stopped_driver_then_resume(tmp_path, sig):
         assert experiment["status"] == "interrupted"
     done_before = finished_trials(tmp_path / name)
     assert len(done_before) < 5, "the search finished before it could be stopped"
-    resume_and_check(tmp_path, name, done_before, epoch_log(tmp_path / name))
+    # SIGINT's search continues through `run --resume`, which takes the same flags as the run it continues
+    again = ("run", *RUN, "--name", name, "--resume") if sig == signal.SIGINT else ()
+    resume_and_check(tmp_path, name, done_before, epoch_log(tmp_path / name), *again)
 
 
 def test_extending_a_finished_search(tmp_path):

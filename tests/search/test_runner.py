@@ -1,5 +1,6 @@
 """Real tiny searches on a real local Ray: best checkpoint + test accuracy, reproducibility, ASHA, divergence, GPUs."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ from ray import tune
 
 from search import results, runner
 from search.cli import main
-from search.errors import ClusterError, ExperimentExists
+from search.errors import ClusterError, ExperimentExists, SpecError
 from search.spec import build_spec
 
 pytestmark = pytest.mark.ray
@@ -115,3 +116,19 @@ def test_an_existing_experiment_is_never_overwritten(tmp_path):
     with pytest.raises(ExperimentExists, match="hpsearch resume once"):
         runner.run(spec, verbose=0)
     assert (spec.experiment_dir / "trials.parquet").read_bytes() == before
+    with pytest.raises(SpecError, match=r"these options differ: max_epochs \(saved 1, got 2\)"):
+        runner.run(replace(spec, max_epochs=2), verbose=0, resume_existing=True)
+    assert (spec.experiment_dir / "trials.parquet").read_bytes() == before
+
+
+def test_run_resume_starts_a_new_experiment_and_continues_an_existing_one(tmp_path):
+    """`run --resume` starts the experiment when it is new and continues it, rerunning nothing, when it exists."""
+    argv = ["run", "--subset", "600", "--max-epochs", "1", "--num-samples", "2", "--name", "again",
+            "--results-dir", str(tmp_path), "--verbose", "0", "--resume"]
+    assert main(argv) == 0
+    spec = runner.open_spec("again", str(tmp_path))
+    first = {t["trial_id"]: t for t in trials_of(spec)}
+    assert len(first) == 2
+    assert main(argv) == 0
+    again = {t["trial_id"]: t for t in trials_of(spec)}
+    assert again == first
