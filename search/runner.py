@@ -46,7 +46,7 @@ from search.record import (  # noqa: E402
     write_tables,
 )
 from search.space import HYPERPARAMETERS, Dimension, build_space, seed_point  # noqa: E402
-from search.spec import ExperimentSpec, load_spec  # noqa: E402
+from search.spec import SPEC_FILE, ExperimentSpec, load_spec  # noqa: E402
 from trainables.config import EPOCH_METRICS, METRIC, MODE, REPLAYED, TrainConfig  # noqa: E402
 from trainables.data import MnistSplits, load_mnist  # noqa: E402
 from trainables.train import load_model, model_from_state, resolve_device, save_model, to_tensors  # noqa: E402
@@ -168,13 +168,13 @@ class RecordingASHA(ASHAScheduler):
         saved = read_json(Path(self.log_path), {})
         for (_, recorded), (_, values) in zip(self._brackets[0]._rungs, saved.get("rungs", [])):
             recorded.update({k: v for k, v in values.items() if k not in recorded})
-        self._decided = set(saved.get("decisions", {}))
+        self._decisions = saved.get("decisions", {})
         self._reloaded = True
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if not self._reloaded:
             self._reload()
-        if trial.trial_id in self._decided:  # the result its restart replays: stop before it trains again
+        if trial.trial_id in self._decisions:  # the result its restart replays: stop before it trains again
             return TrialScheduler.STOP
         cutoff = rung = None
         bracket = self._trial_info.get(trial.trial_id)
@@ -184,15 +184,14 @@ class RecordingASHA(ASHAScheduler):
                     rung, cutoff = milestone, bracket.cutoff(recorded)
                     break
         action = super().on_trial_result(tune_controller, trial, result)
-        state = read_json(Path(self.log_path), {})
-        state["rungs"] = [[m, recorded] for m, recorded in self._brackets[0]._rungs]
         if action == TrialScheduler.STOP and result.get(self._time_attr, 0) < self._max_t and cutoff is not None:
-            state.setdefault("decisions", {})[trial.trial_id] = {
+            self._decisions[trial.trial_id] = {
                 "asha_rung": int(rung),
                 "asha_cutoff": float(self._metric_op * cutoff),
                 "asha_value": float(result[self._metric]),
             }
-        write_json(Path(self.log_path), state)
+        rungs = [[m, recorded] for m, recorded in self._brackets[0]._rungs]
+        write_json(Path(self.log_path), {"rungs": rungs, "decisions": self._decisions})
         return action
 
 
@@ -459,7 +458,7 @@ def _execute(spec: ExperimentSpec, make_tuner, verbose: int, expected: int | Non
 def run(spec: ExperimentSpec, verbose: int = 1, resume_existing: bool = False) -> Summary:
     """A new search. An existing experiment is never overwritten (Ray #35812): it is refused, or with
     `resume_existing` continued as `hpsearch resume` would, provided the spec is the one it was saved with."""
-    if (spec.experiment_dir / "spec.json").exists() or (Path(spec.ray_storage_path) / spec.name).exists():
+    if (spec.experiment_dir / SPEC_FILE).exists() or (Path(spec.ray_storage_path) / spec.name).exists():
         if not resume_existing:
             raise ExperimentExists(
                 f"experiment {spec.name!r} already exists in {spec.results_dir}; "
@@ -482,8 +481,8 @@ def ray_experiment_path(spec: ExperimentSpec) -> str:
 
 def open_spec(name: str, results_dir: str) -> ExperimentSpec:
     experiment_dir = Path(results_dir).expanduser().resolve() / name
-    if not (experiment_dir / "spec.json").exists():
-        known = ", ".join(sorted(p.parent.name for p in Path(results_dir).glob("*/spec.json"))) or "none"
+    if not (experiment_dir / SPEC_FILE).exists():
+        known = ", ".join(sorted(p.parent.name for p in Path(results_dir).glob(f"*/{SPEC_FILE}"))) or "none"
         raise ExperimentNotFound(f"experiment {name!r} not found in {results_dir}; known: {known}")
     return replace(load_spec(experiment_dir), results_dir=results_dir)
 
